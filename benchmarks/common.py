@@ -1,0 +1,63 @@
+"""Shared helpers for the side-by-side benchmarks: interleaved timing, saved-activation bytes, tables."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+
+def interleaved_medians(
+    cases: dict[str, Callable[[], object]],
+    rounds: int = 15,
+    inner: int = 3,
+    warmup: int = 2,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """Median seconds per call of each case, timing the cases A/B/C... interleaved round by round."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def saved_activation_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward in one forward, not counting the module's parameters."""
+    params = {p.data_ptr() for p in module.parameters()}
+    total = 0
+    seen: set[tuple[int, int]] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.numel())
+        if t.data_ptr() not in params and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return total
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print a rich table (plain text when not a terminal)."""
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=160).print(table)

@@ -1,0 +1,108 @@
+"""fwd+bwd of a 1024 × 1024 linear layer: bayestensor formats against nn.Linear and TensorLy-Torch.
+
+Run:  python benchmarks/linear.py [--batch 256] [--device cpu|cuda] [--rounds 15]
+
+All cases are timed interleaved in one run; the table reports medians and ratios to nn.Linear
+measured in that same run, plus the bytes autograd saves for backward (activation memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, print_table, saved_activation_bytes  # noqa: E402
+
+import bayestensor as bt  # noqa: E402
+
+SHAPE = (4, 4, 8, 8)
+
+
+def rank_for_budget(fmt: str, budget: float) -> int:
+    """Largest uniform max_rank whose factor count stays within ``budget`` parameters."""
+    f = bt.get_format(fmt)
+    best = 1
+    for r in range(1, 1025):
+        ranks = f.resolve_ranks(r, SHAPE, SHAPE)
+        if f.n_params(SHAPE, SHAPE, ranks) > budget:
+            break
+        best = r
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    n = math.prod(SHAPE)
+    budget = 0.1 * n * n
+    layers: dict[str, nn.Module] = {"nn.Linear": nn.Linear(n, n)}
+    for fmt in ("ttm", "tt", "tucker", "cp"):
+        r = rank_for_budget(fmt, budget)
+        layers[f"{fmt} r={r} (~10%)"] = bt.TensorizedLinear(
+            n, n, format=fmt, max_rank=r, in_shape=SHAPE, out_shape=SHAPE
+        )
+    layers["ttm r=4"] = bt.TensorizedLinear(n, n, format="ttm", max_rank=4, in_shape=SHAPE, out_shape=SHAPE)
+    layers["tt r=16"] = bt.TensorizedLinear(n, n, format="tt", max_rank=16, in_shape=SHAPE, out_shape=SHAPE)
+    try:
+        import tltorch
+
+        for name, fact, key in (("blocktt", "blocktt", "ttm"), ("cp", "cp", "cp"), ("tucker", "tucker", "tucker")):
+            ours = next(v for k, v in layers.items() if k.startswith(key + " "))
+            rank = ours.weight.ranks[0] if fact != "tucker" else tuple(ours.weight.ranks)
+            layers[f"tltorch {name}"] = tltorch.FactorizedLinear(
+                SHAPE, SHAPE, factorization=fact, rank=rank, implementation="factorized"
+            )
+    except ImportError:
+        print("tensorly-torch not installed: skipping its rows (pip install tensorly-torch)")
+    layers = {k: v.to(dev) for k, v in layers.items()}
+    x = torch.randn(args.batch, n, device=dev, requires_grad=True)
+
+    def step(m: nn.Module):
+        def run() -> None:
+            m(x).sum().backward()
+
+        return run
+
+    times = interleaved_medians({k: step(m) for k, m in layers.items()}, rounds=args.rounds, sync=sync)
+    dense_t = times["nn.Linear"]
+    dense_mem = saved_activation_bytes(layers["nn.Linear"], x)
+    rows = []
+    for k, m in layers.items():
+        params = sum(p.numel() for p in m.parameters()) - n  # without bias
+        rows.append(
+            [
+                k,
+                f"{params:,}",
+                f"{params / (n * n):.3f}",
+                f"{times[k] * 1e3:.3f}",
+                f"{times[k] / dense_t:.2f}x",
+                f"{saved_activation_bytes(m, x) / dense_mem:.2f}x",
+            ]
+        )
+    print_table(
+        f"fwd+bwd, {n}x{n}, batch {args.batch}, {args.device}, threads {torch.get_num_threads()}",
+        ["layer", "weight params", "fraction", "median ms", "time / dense", "saved act. / dense"],
+        rows,
+    )
+    ratios = {k: times[k] / dense_t for k in times}
+    for ours, theirs in (("ttm", "tltorch blocktt"), ("cp", "tltorch cp"), ("tucker", "tltorch tucker")):
+        ok = next(k for k in times if k.startswith(ours + " ") and "~10%" in k)
+        if theirs in times:
+            print(f"{ok} / {theirs}: {times[ok] / times[theirs]:.3f}")
+    print("ratios:", {k: round(v, 3) for k, v in ratios.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""bayestensor: compact neural networks trained in low-rank tensor formats with Bayesian rank determination.
+
+Importing the package registers the built-in formats and priors and changes no global state.
+"""
+
+from .formats import available_formats, get_format
+from .inference import (
+    expected_calibration_error,
+    kl_weight,
+    negative_log_likelihood,
+    predict,
+    prior_loss,
+    prune,
+    ranks,
+)
+from .layers import TensorizedLinear
+from .priors import available_priors, get_prior
+from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FactorizedTensor",
+    "TensorizedLinear",
+    "TensorizedModule",
+    "__version__",
+    "available_formats",
+    "available_priors",
+    "count_params",
+    "dense_params",
+    "expected_calibration_error",
+    "get_format",
+    "get_prior",
+    "kl_weight",
+    "negative_log_likelihood",
+    "predict",
+    "prior_loss",
+    "prune",
+    "ranks",
+]

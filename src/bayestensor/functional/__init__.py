@@ -1,0 +1,21 @@
+"""Stateless contractions of factorized weights with inputs, planned once per shape."""
+
+from .contraction import (
+    LinearPlan,
+    batch_bucket,
+    factorized_linear,
+    linear_plan,
+    plan_contraction,
+    reconstruct_matrix,
+    run_steps,
+)
+
+__all__ = [
+    "LinearPlan",
+    "batch_bucket",
+    "factorized_linear",
+    "linear_plan",
+    "plan_contraction",
+    "reconstruct_matrix",
+    "run_steps",
+]

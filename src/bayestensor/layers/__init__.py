@@ -1,0 +1,5 @@
+"""Thin tensorized layers over factorized weights."""
+
+from .linear import TensorizedLinear
+
+__all__ = ["TensorizedLinear"]

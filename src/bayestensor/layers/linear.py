@@ -1,0 +1,188 @@
+"""TensorizedLinear: ``y = x Wᵀ + b`` with ``W`` stored in a low-rank tensor format."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..formats import RankSpec, get_format, tensorized_shape
+from ..functional import factorized_linear, reconstruct_matrix
+from ..tensors import FactorizedTensor, TensorizedModule
+
+STRATEGIES = ("auto", "factorized", "reconstruct", "einsum", "two_stage")
+
+
+def resolve_shapes(
+    in_features: int,
+    out_features: int,
+    in_shape: Sequence[int] | None,
+    out_shape: Sequence[int] | None,
+    format: str,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate given mode shapes or choose balanced ones (zero-padded when a size factors badly)."""
+    for name, n in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    fmt = get_format(format)
+    shapes = []
+    for side, features, given, other in (
+        ("in", in_features, in_shape, out_shape),
+        ("out", out_features, out_shape, in_shape),
+    ):
+        if given is not None:
+            given = tuple(int(s) for s in given)
+            if math.prod(given) != features:
+                raise ValueError(
+                    f"{side}_shape={given} has product {math.prod(given)} but {side}_features is {features}; "
+                    f"give a shape whose product is {features}, or {side}_shape=None to choose one "
+                    "automatically (with invisible zero-padding if needed)"
+                )
+            shapes.append(given)
+        else:
+            modes = len(other) if (fmt.paired_modes and other is not None) else fmt.default_modes
+            shapes.append(tensorized_shape(features, modes))
+    in_s, out_s = shapes
+    fmt.check_shapes(out_s, in_s)
+    return in_s, out_s
+
+
+class TensorizedLinear(TensorizedModule):
+    """A linear layer whose weight lives in CP, Tucker, TT or TT-matrix format.
+
+    The weight ``W`` (``out × in``) is the tensor ``W.reshape(*out_shape, *in_shape)`` (C order)
+    for CP, Tucker and TT; TTM pairs ``(out_shape[k], in_shape[k])`` in core ``k``. The forward
+    computes ``x Wᵀ + b`` by contracting ``x`` with the factors or by reconstructing ``W``,
+    whichever the cost model finds cheaper at this batch size.
+
+    Parameters
+    ----------
+    in_features, out_features
+        Sizes as in :class:`torch.nn.Linear`.
+    format
+        ``"cp"``, ``"tucker"``, ``"tt"`` or ``"ttm"``.
+    max_rank
+        Int or per-bond sequence (CP: 1 bond; Tucker: one per mode; TT, TTM: ``d − 1``).
+    in_shape, out_shape
+        Mode shapes; chosen automatically (balanced, zero-padded if needed) when ``None``.
+    bias
+        Whether to learn an additive bias.
+    method
+        ``None`` (fixed ranks), ``"map"`` or ``"svi"`` for Bayesian rank determination.
+    prior, prior_kwargs
+        Rank prior name and hyper-parameters (see :mod:`bayestensor.priors`).
+    rank_update, em_step
+        How ``λ`` is updated; see :class:`~bayestensor.tensors.FactorizedTensor`.
+    init_std
+        Target std of the reconstructed weight; default ``sqrt(2 / in_features)`` (He).
+    strategy
+        ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
+
+    Examples
+    --------
+    >>> layer = TensorizedLinear(64, 256, format="ttm", max_rank=8)
+    >>> layer(torch.randn(5, 64)).shape
+    torch.Size([5, 256])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        format: str = "ttm",
+        max_rank: RankSpec = 16,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
+        bias: bool = True,
+        method: str | None = None,
+        prior: str = "half_cauchy",
+        prior_kwargs: dict[str, float] | None = None,
+        rank_update: str = "em",
+        em_step: float = 1.0,
+        init_std: float | None = None,
+        strategy: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+        self.in_features, self.out_features = in_features, out_features
+        self.in_shape, self.out_shape = resolve_shapes(in_features, out_features, in_shape, out_shape, format)
+        self.strategy = strategy
+        self.weight = FactorizedTensor(
+            format,
+            self.out_shape,
+            self.in_shape,
+            max_rank,
+            method=method,
+            prior=prior,
+            prior_kwargs=prior_kwargs,
+            rank_update=rank_update,
+            em_step=em_step,
+            init_std=math.sqrt(2.0 / in_features) if init_std is None else init_std,
+            device=device,
+            dtype=dtype,
+        )
+        if bias:
+            bound = 1.0 / math.sqrt(in_features)
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def format(self) -> str:
+        """Name of the tensor format."""
+        return self.weight.fmt.name
+
+    def full_weight(self) -> Tensor:
+        """The dense ``(out_features, in_features)`` weight that :meth:`forward` applies (posterior mean)."""
+        w = reconstruct_matrix(
+            self.format, list(self.weight.factors), self.out_shape, self.in_shape, tuple(self.weight.ranks)
+        )
+        return w[: self.out_features, : self.in_features]
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
+        ref = self.weight.factors[0]
+        if x.dtype != ref.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the layer's dtype {ref.dtype}")
+        if x.device != ref.device:
+            raise ValueError(f"input is on {x.device} but the layer is on {ref.device}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)``."""
+        self._check_input(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (B, in)
+        n_pad = math.prod(self.in_shape) - self.in_features
+        if n_pad:
+            x2 = F.pad(x2, (0, n_pad))  # (B, N) with zero columns that meet never-used weights
+        y = factorized_linear(
+            x2,
+            self.format,
+            self.weight.tensors(),
+            self.out_shape,
+            self.in_shape,
+            tuple(self.weight.ranks),
+            self.strategy,
+        )  # (B, M)
+        if y.shape[-1] != self.out_features:
+            y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def dense_params(self) -> int:  # noqa: D102
+        return self.in_features * self.out_features + (self.out_features if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, strategy={self.strategy!r}"
+        )

@@ -1,0 +1,16 @@
+"""Hyper-priors on the rank-controlling variances ``λ``."""
+
+from . import half_cauchy, inverse_gamma, log_uniform  # noqa: F401  (registration)
+from ._base import RankPrior, available_priors, get_prior
+from .half_cauchy import HalfCauchyPrior
+from .inverse_gamma import InverseGammaPrior
+from .log_uniform import LogUniformPrior
+
+__all__ = [
+    "HalfCauchyPrior",
+    "InverseGammaPrior",
+    "LogUniformPrior",
+    "RankPrior",
+    "available_priors",
+    "get_prior",
+]

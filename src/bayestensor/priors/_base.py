@@ -1,0 +1,88 @@
+r"""The rank-prior contract and registry.
+
+A rank prior is a hyper-prior on the rank-controlling variances ``λ``. Factor slices governed
+by ``λ_r`` have the Gaussian prior ``N(0, λ_r)``; for one rank index with ``D`` governed
+entries of total (expected) energy ``M = Σ E[w²]``, the part of the log joint that depends on
+``λ`` is
+
+.. math::
+
+    \ell(λ) = -\frac{D}{2} \log λ - \frac{M}{2λ} + \log p(λ),
+
+and :meth:`RankPrior.map_update` returns its maximiser (the closed-form M-step).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+_REGISTRY: dict[str, type[RankPrior]] = {}
+
+
+def positive_hyperparameter(name: str, value: float, prior: str) -> float:
+    """Check that a hyper-parameter is a finite positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"prior {prior!r}: {name} must be a positive number, got {value!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise ValueError(f"prior {prior!r}: {name} must be a finite positive number, got {value!r}")
+    return v
+
+
+class RankPrior(nn.Module, ABC):
+    """A hyper-prior on rank variances ``λ`` with its hyper-parameters stored as buffers.
+
+    Attributes
+    ----------
+    placed_on
+        ``"variance"`` when the density is over ``λ``; ``"scale"`` when it is over the standard
+        deviation ``s = √λ`` (then :meth:`log_prob` evaluates that density at ``s = √λ``).
+    """
+
+    name: ClassVar[str]
+    placed_on: ClassVar[str]
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            return
+        if name in _REGISTRY:
+            raise ValueError(f"rank prior {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+
+    @abstractmethod
+    def log_prob(self, variance: Tensor) -> Tensor:
+        """Element-wise log density of the hyper-prior at ``λ = variance`` (up to a constant if improper)."""
+
+    @abstractmethod
+    def map_update(self, energy: Tensor, count: Tensor) -> Tensor:
+        """Closed-form ``argmax_λ  -(D/2) log λ - M/(2λ) + log p(λ)`` for ``M = energy``, ``D = count``."""
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return ", ".join(f"{k}={v.item():g}" for k, v in self.named_buffers())
+
+
+def get_prior(name: str, **kwargs: float) -> RankPrior:
+    """Build a registered rank prior by name with its hyper-parameters."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown prior {name!r}; expected one of {available_priors()}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad hyper-parameters {kwargs} for prior {name!r}: {err}") from None
+
+
+def available_priors() -> list[str]:
+    """Names of the registered rank priors."""
+    return sorted(_REGISTRY)
+
+
+def as_buffer(value: float) -> Tensor:
+    """A float64 scalar buffer (cast to the statistics' dtype on use)."""
+    return torch.tensor(value, dtype=torch.float64)

@@ -1,0 +1,7 @@
+"""Factorized weights with their Bayesian state, and the base class of tensorized layers."""
+
+from .counting import count_params, dense_params
+from .factorized import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
+from .module import TensorizedModule
+
+__all__ = ["DEFAULT_PRUNE_THRESHOLD", "FactorizedTensor", "TensorizedModule", "count_params", "dense_params"]

@@ -1,0 +1,331 @@
+r"""A factorized weight with optional Bayesian rank determination (MAP or SVI) and physical pruning.
+
+Model (Hawkins, Liu & Zhang 2022). Every bond ``b`` of the format has one variance ``λ_{b,r}``
+per rank index ``r``; every factor slice that carries that index (the format's rank groups) gets
+a Gaussian factor ``N(0, λ_{b,r})`` per entry. An entry carried by two bonds (a middle TT core,
+the Tucker core) gets one such factor from each bond, a product of experts that keeps the
+``λ``-update separable. With
+
+.. math::
+
+    M_{b,r} = \sum_{w \in \text{slices}(b,r)} \mathbb{E}_q[w^2], \qquad
+    D_{b,r} = \#\text{slices}(b,r),
+
+the negative log prior (MAP) or KL term (SVI) is
+
+.. math::
+
+    \mathcal{R} = \sum_{b,r} \Big[\frac{M_{b,r}}{2λ_{b,r}} + \frac{D_{b,r}}{2}\log(2πλ_{b,r})\Big]
+    - \sum_{b,r} \log p(λ_{b,r}) - \mathbb{H}[q],
+
+where ``H[q]`` is the entropy of the mean-field Gaussian ``q`` (zero for MAP, whose ``q`` is a
+point mass and whose ``E[w²] = w²``). For entries with one governing bond this is exactly
+``KL(q ‖ N(0, λ))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from ..formats import RankSpec, Shape, get_format
+from ..priors import get_prior
+
+METHODS = (None, "map", "svi")
+RANK_UPDATES = ("em", "gradient")
+
+#: Default relative pruning threshold: rank index r of a bond is inactive when
+#: ``λ_r < threshold · max_r λ_r``.
+DEFAULT_PRUNE_THRESHOLD = 1e-3
+#: Initial posterior std of SVI factors, relative to the factor's initial std.
+SVI_INIT_SCALE = 1e-2
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class FactorizedTensor(nn.Module):
+    """The factors of one weight in a tensor format, with their variational posterior and rank variances.
+
+    Parameters
+    ----------
+    format
+        Registered format name.
+    out_shape, in_shape
+        Mode shapes of the matrix view ``W.reshape(*out_shape, *in_shape)``.
+    max_rank
+        Int or per-bond sequence; clipped to the format's full ranks.
+    method
+        ``None`` (fixed ranks), ``"map"`` or ``"svi"``.
+    prior, prior_kwargs
+        Registered rank prior and its hyper-parameters (``method`` not ``None``).
+    rank_update
+        ``"em"`` (default): closed-form M-step on ``λ`` run by :func:`bayestensor.prior_loss`
+        before each training loss, with damping ``em_step``; exact coordinate ascent that needs
+        no learning rate. ``"gradient"``: ``log λ`` is a parameter trained by the optimizer.
+    em_step
+        Damping ``ρ ∈ (0, 1]`` of the M-step, ``λ ← (1-ρ) λ + ρ λ*``.
+    init_std
+        Target std of the reconstructed weight's entries.
+    """
+
+    def __init__(
+        self,
+        format: str,
+        out_shape: Shape,
+        in_shape: Shape,
+        max_rank: RankSpec,
+        *,
+        method: str | None = None,
+        prior: str = "half_cauchy",
+        prior_kwargs: dict[str, float] | None = None,
+        rank_update: str = "em",
+        em_step: float = 1.0,
+        init_std: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.fmt = get_format(format)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if rank_update not in RANK_UPDATES:
+            raise ValueError(f"unknown rank_update {rank_update!r}; expected one of {RANK_UPDATES}")
+        if not 0.0 < float(em_step) <= 1.0:
+            raise ValueError(f"em_step must be in (0, 1], got {em_step!r}")
+        self.out_shape = tuple(int(s) for s in out_shape)
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.ranks = self.fmt.resolve_ranks(max_rank, self.out_shape, self.in_shape)
+        self.initial_ranks = list(self.ranks)
+        self.method = method
+        self.rank_update = rank_update
+        self.em_step = float(em_step)
+        self.sample_in_eval = False
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        shapes = self.fmt.factor_shapes(self.out_shape, self.in_shape, self.ranks)
+        stds = self.fmt.factor_stds(init_std, self.out_shape, self.in_shape, self.ranks)
+        self.factors = nn.ParameterList(
+            [nn.Parameter(torch.randn(s, **factory) * sd) for s, sd in zip(shapes, stds, strict=True)]
+        )
+        if method == "svi":
+            self.raw_scales = nn.ParameterList(
+                [
+                    nn.Parameter(torch.full(s, _inverse_softplus(SVI_INIT_SCALE * sd), **factory))
+                    for s, sd in zip(shapes, stds, strict=True)
+                ]
+            )
+        if method is not None:
+            self.prior = get_prior(prior, **(prior_kwargs or {}))
+            lam_dtype = torch.float32 if factory["dtype"] in (torch.float16, torch.bfloat16) else factory["dtype"]
+            with torch.no_grad():
+                energy, count = self.rank_statistics()
+                init = [
+                    self.prior.map_update(e.to(lam_dtype), c.to(lam_dtype)) for e, c in zip(energy, count, strict=False)
+                ]
+            for b, lam in enumerate(init):
+                if rank_update == "em":
+                    self.register_buffer(f"rank_variance_{b}", lam.clone())
+                else:
+                    self.register_parameter(f"log_rank_variance_{b}", nn.Parameter(lam.log()))
+
+    # ------------------------------------------------------------------ shapes and counts
+    @property
+    def num_bonds(self) -> int:
+        """Number of bonds."""
+        return len(self.ranks)
+
+    def n_params(self) -> int:
+        """Stored parameters of the factors (means only; variational scales are not needed to run)."""
+        return sum(p.numel() for p in self.factors)
+
+    def dense_numel(self) -> int:
+        """Entries of the (padded) dense matrix."""
+        return math.prod(self.out_shape) * math.prod(self.in_shape)
+
+    # ------------------------------------------------------------------ factors
+    def scales(self) -> list[Tensor]:
+        """Posterior stds ``σ = softplus(ρ)`` of the SVI factors."""
+        return [F.softplus(r) for r in self.raw_scales]
+
+    def tensors(self) -> list[Tensor]:
+        """The factors to compute with: a reparameterised sample when sampling, else the means."""
+        means = list(self.factors)
+        if self.method == "svi" and (self.training or self.sample_in_eval):
+            return [m + s * torch.randn_like(m) for m, s in zip(means, self.scales(), strict=True)]
+        return means
+
+    def rank_variances(self) -> list[Tensor]:
+        """``λ`` per bond (empty for ``method=None``)."""
+        if self.method is None:
+            return []
+        if self.rank_update == "em":
+            return [getattr(self, f"rank_variance_{b}") for b in range(self.num_bonds)]
+        return [getattr(self, f"log_rank_variance_{b}").exp() for b in range(self.num_bonds)]
+
+    # ------------------------------------------------------------------ Bayesian terms
+    def rank_statistics(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Per bond, ``M_r = Σ E_q[w²]`` and ``D_r`` over the slices that bond's ``λ_r`` governs."""
+        second = [m.square() for m in self.factors]
+        if self.method == "svi":
+            second = [s2 + sc.square() for s2, sc in zip(second, self.scales(), strict=True)]
+        energies, counts = [], []
+        groups = self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks)
+        for group in groups:
+            energy, count = 0.0, 0
+            for f, axis in group.members:
+                dims = [d for d in range(second[f].dim()) if d != axis]
+                energy = energy + second[f].sum(dim=dims)  # (r,)
+                count += second[f].numel() // second[f].shape[axis]
+            energies.append(energy)
+            counts.append(torch.full_like(energy, float(count)))
+        return energies, counts
+
+    def prior_loss(self) -> Tensor:
+        """``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats."""
+        if self.method is None:
+            return self.factors[0].new_zeros(())
+        energies, counts = self.rank_statistics()
+        total = torch.zeros((), dtype=self.rank_variances()[0].dtype, device=self.factors[0].device)
+        for energy, count, lam in zip(energies, counts, self.rank_variances(), strict=True):
+            energy = energy.to(lam.dtype)
+            total = total + (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum()
+            total = total - self.prior.log_prob(lam).sum()
+        if self.method == "svi":
+            for m, s in zip(self.factors, self.scales(), strict=True):
+                total = total - Normal(m, s).entropy().sum().to(total.dtype)
+        return total
+
+    @torch.no_grad()
+    def update_rank_variances_(self) -> None:
+        """Closed-form M-step ``λ ← (1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``."""
+        if self.method is None or self.rank_update != "em":
+            return
+        energies, counts = self.rank_statistics()
+        for b, (energy, count) in enumerate(zip(energies, counts, strict=True)):
+            lam = getattr(self, f"rank_variance_{b}")
+            target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
+            new = (1.0 - self.em_step) * lam + self.em_step * target
+            lam.copy_(new.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5))
+
+    # ------------------------------------------------------------------ pruning
+    def active_masks(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> list[Tensor]:
+        """Per bond, which rank indices are active: ``λ_r ≥ threshold · max λ`` (at least one kept)."""
+        if self.method is None:
+            return [torch.ones(r, dtype=torch.bool, device=self.factors[0].device) for r in self.ranks]
+        masks = []
+        for lam in self.rank_variances():
+            lam = lam.detach()
+            mask = lam >= threshold * lam.max()
+            mask[lam.argmax()] = True
+            masks.append(mask)
+        return masks
+
+    def active_ranks(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> list[int]:
+        """Number of active rank indices per bond."""
+        return [int(m.sum()) for m in self.active_masks(threshold)]
+
+    @torch.no_grad()
+    def truncate_(self, keep: Sequence[Tensor], optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Physically keep only rank indices ``keep[b]`` of every bond ``b``.
+
+        Factors, variational scales and rank variances are replaced by smaller tensors. When
+        ``optimizer`` is given its parameter references and per-parameter state (e.g. Adam's
+        moments) are truncated the same way, so training continues with the same optimizer.
+        Returns whether anything changed.
+        """
+        keep = [k.to(self.factors[0].device) for k in keep]
+        if all(len(k) == r for k, r in zip(keep, self.ranks, strict=True)):
+            return False
+        per_factor: dict[int, list[tuple[int, Tensor]]] = {}
+        for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
+            for f, axis in group.members:
+                per_factor.setdefault(f, []).append((axis, keep[group.bond]))
+
+        def cut(t: Tensor, f: int) -> Tensor:
+            for axis, idx in per_factor.get(f, []):
+                t = t.index_select(axis, idx)
+            return t.contiguous()
+
+        lists = [self.factors] + ([self.raw_scales] if self.method == "svi" else [])
+        for plist in lists:
+            for f in range(len(plist)):
+                old = plist[f]
+                new = nn.Parameter(cut(old.detach(), f), requires_grad=old.requires_grad)
+                if optimizer is not None:
+                    _remap_optimizer(optimizer, old, new, lambda t, f=f: cut(t, f))
+                plist[f] = new
+        for b, idx in enumerate(keep):
+            if self.method is None:
+                continue
+            if self.rank_update == "em":
+                setattr(self, f"rank_variance_{b}", getattr(self, f"rank_variance_{b}").index_select(0, idx))
+            else:
+                old = getattr(self, f"log_rank_variance_{b}")
+                new = nn.Parameter(old.detach().index_select(0, idx))
+                if optimizer is not None:
+                    _remap_optimizer(optimizer, old, new, lambda t, idx=idx: t.index_select(0, idx))
+                setattr(self, f"log_rank_variance_{b}", new)
+        self.ranks = [len(k) for k in keep]
+        return True
+
+    def prune_(
+        self, threshold: float = DEFAULT_PRUNE_THRESHOLD, optimizer: torch.optim.Optimizer | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Remove inactive rank indices (see :meth:`active_masks`); returns ``(old_ranks, new_ranks)``."""
+        old = list(self.ranks)
+        keep = [m.nonzero().flatten() for m in self.active_masks(threshold)]
+        self.truncate_(keep, optimizer)
+        return old, list(self.ranks)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,  # noqa: D102
+        unexpected_keys,
+        error_msgs,
+    ):
+        shapes = [
+            state_dict[k].shape for k in (f"{prefix}factors.{f}" for f in range(len(self.factors))) if k in state_dict
+        ]
+        if len(shapes) == len(self.factors) and any(
+            tuple(s) != tuple(p.shape) for s, p in zip(shapes, self.factors, strict=True)
+        ):
+            # a pruned checkpoint: shrink this module to its ranks before loading the values
+            ranks = self.fmt.validate([torch.empty(s, device="meta") for s in shapes], self.out_shape, self.in_shape)
+            if any(r > c for r, c in zip(ranks, self.ranks, strict=True)):
+                error_msgs.append(
+                    f"{prefix[:-1] or 'tensor'}: checkpoint ranks {ranks} exceed this model's ranks {self.ranks}"
+                )
+                return
+            self.truncate_([torch.arange(r) for r in ranks])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"format={self.fmt.name!r}, out_shape={self.out_shape}, in_shape={self.in_shape}, "
+            f"ranks={self.ranks}, method={self.method!r}"
+        )
+
+
+def _remap_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, cut) -> None:
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {
+            k: cut(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()
+        }
