@@ -114,7 +114,6 @@ class TwoStage:
     sizes: tuple[int, int, int, int, int]  # |X1|, |X2|, |O1|, |K|, |O2|
     y_perm: tuple[int, ...]  # (B, O1 modes, O2 modes) -> (B, *out_shape)
     y_modes: tuple[int, ...]  # sizes of the O1 then O2 modes
-    keep_t: bool
 
 
 @dataclass(frozen=True)
@@ -178,12 +177,10 @@ def _best_two_stage(
     _, p, q, x1, x2, o1, o2, k = best
     p_steps, p_flops, _ = plan_contraction([terms[f] for f in p], "".join(x1 + o1 + k), sizes)
     q_steps, q_flops, _ = plan_contraction([terms[f] for f in q], "".join(x2 + k + o2), sizes)
-    t_size = batch * size(x2) * size(o1) * size(k)
-    keep_t = t_size <= batch * size(ins)
     stage1 = 2.0 * batch * size(x2) * size(x1) * size(o1 + k)
     stage2 = 2.0 * batch * size(o1) * size(x2 + k) * size(o2)
-    # backward = 2x forward; recomputing t adds one more stage-1 product
-    cost = p_flops + q_flops + stage1 * (1.0 if keep_t else 4.0 / 3.0) + stage2
+    # backward = 2x forward; recomputing t in backward adds one more stage-1 product
+    cost = p_flops + q_flops + stage1 * 4.0 / 3.0 + stage2
     x_perm = (0, *(1 + ins.index(c) for c in x2 + x1))
     y_order = o1 + o2
     y_perm = (0, *(1 + y_order.index(c) for c in outs))
@@ -196,7 +193,6 @@ def _best_two_stage(
         (size(x1), size(x2), size(o1), size(k), size(o2)),
         y_perm,
         tuple(sizes[c] for c in y_order),
-        keep_t,
     )
     return stage, cost
 
@@ -291,7 +287,7 @@ def linear_plan_constant(
         t = plan.two_stage
         return (
             chosen,
-            (t.p_factors, t.q_factors, t.p_steps, t.q_steps, t.x_perm, t.sizes, t.y_perm, t.y_modes, t.keep_t),
+            (t.p_factors, t.q_factors, t.p_steps, t.q_steps, t.x_perm, t.sizes, t.y_perm, t.y_modes),
         )
     if chosen == "einsum":
         return (chosen, (plan.einsum_steps, plan.recompute))
@@ -312,24 +308,27 @@ def _is_identity(perm: tuple[int, ...]) -> bool:
 
 
 class _TwoStageProduct(torch.autograd.Function):
-    """The two GEMMs of :class:`TwoStage`; keeps the waist ``t`` for backward only when it is no larger than ``x``."""
+    """The two GEMMs of :class:`TwoStage`.
+
+    Only ``x`` and the two super-factors are kept for backward; the waist ``t`` is recomputed
+    (one stage-1 product), so the batch-dependent memory saved equals dense ``nn.Linear``'s.
+    """
 
     @staticmethod
     def forward(
-        ctx, xm: Tensor, spm: Tensor, sqm: Tensor, batch: int, sizes: tuple[int, int, int, int, int], keep_t: bool
+        ctx, xm: Tensor, spm: Tensor, sqm: Tensor, batch: int, sizes: tuple[int, int, int, int, int]
     ) -> Tensor:
         t = _waist(xm @ spm, batch, sizes)  # (B·X2, X1) @ (X1, O1·K) -> (B·O1, X2·K)
         ctx.meta = (batch, sizes)
-        ctx.save_for_backward(xm, spm, sqm, t if keep_t else None)
+        ctx.save_for_backward(xm, spm, sqm)
         return t @ sqm  # (B·O1, X2·K) @ (X2·K, O2) -> (B·O1, O2)
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        xm, spm, sqm, t = ctx.saved_tensors
+        xm, spm, sqm = ctx.saved_tensors
         batch, sizes = ctx.meta
         _, n_x2, n_o1, n_k, _ = sizes
-        if t is None:
-            t = _waist(xm @ spm, batch, sizes)  # recompute rather than keep a tensor larger than x
+        t = _waist(xm @ spm, batch, sizes)  # recomputed rather than kept
         gsq = t.T @ gy if ctx.needs_input_grad[2] else None  # (X2·K, O2)
         gt = gy @ sqm.T  # (B·O1, X2·K)
         if n_x2 > 1 and n_o1 > 1:
@@ -337,7 +336,7 @@ class _TwoStageProduct(torch.autograd.Function):
         gt = gt.reshape(batch * n_x2, n_o1 * n_k)  # (B·X2, O1·K)
         gsp = xm.T @ gt if ctx.needs_input_grad[1] else None  # (X1, O1·K)
         gx = gt @ spm.T if ctx.needs_input_grad[0] else None  # (B·X2, X1)
-        return gx, gsp, gsq, None, None, None
+        return gx, gsp, gsq, None, None
 
 
 def _waist(t: Tensor, batch: int, sizes: tuple[int, int, int, int, int]) -> Tensor:
@@ -386,7 +385,7 @@ def factorized_linear(
         return x @ weight.T  # (B, N) @ (N, M) -> (B, M)
     xt = x.reshape(batch, *in_shape)  # (B, n_1, ..., n_d)
     if chosen == "two_stage":
-        p, q, p_steps, q_steps, x_perm, sizes, y_perm, y_modes, keep_t = payload
+        p, q, p_steps, q_steps, x_perm, sizes, y_perm, y_modes = payload
         sp = run_steps(p_steps, [factors[f] for f in p])  # (X1, O1, K) super-factor of group P
         sq = run_steps(q_steps, [factors[f] for f in q])  # (X2, K, O2) super-factor of group Q
         n_x1, n_x2, n_o1, n_k, n_o2 = sizes
@@ -397,7 +396,6 @@ def factorized_linear(
             sq.reshape(n_x2 * n_k, n_o2),
             int(batch),
             sizes,
-            keep_t,
         )  # (B·O1, O2)
         y = y.reshape(batch, *y_modes)
         y = y if _is_identity(y_perm) else y.permute(y_perm)  # (B, m_1, ..., m_d)

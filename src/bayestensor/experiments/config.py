@@ -1,0 +1,190 @@
+"""Run configuration: dataclass sections read from TOML that reject unknown keys, with typed dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+@dataclass
+class ModelConfig:
+    """What to build: tensor format, ranks and the Bayesian treatment of the ranks."""
+
+    format: str = "ttm"
+    max_rank: int = 10
+    method: str = "map"  # "map" | "svi" | "none" (fixed ranks)
+    prior: str = "half_cauchy"
+    prior_kwargs: dict[str, float] = field(default_factory=dict)
+    dense: bool = False
+    hidden: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimiser, KL warm-up, pruning schedule."""
+
+    epochs: int = 80
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    kl_weight: float = 0.3
+    no_kl_epochs: int = 2
+    warmup_epochs: int = 10
+    prune_every: int = 5
+    prune_start: int = 5
+    prune_threshold: float = 1e-3
+    predict_samples: int = 32
+    device: str = "cpu"
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how much of it to use."""
+
+    data_dir: str = ""
+    test_fraction: float = 0.25
+    limit: int = 0  # 0 = all examples; --smoke sets a small number
+
+
+@dataclass
+class RunConfig:
+    """A whole run: experiment name, sections and output folder."""
+
+    experiment: str = "digits-fc"
+    name: str = ""
+    out: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @property
+    def run_name(self) -> str:
+        """Folder name of the run under :attr:`out`."""
+        if self.name:
+            return self.name
+        kind = "dense" if self.model.dense else f"{self.model.format}-{self.model.method}"
+        return f"{self.experiment}-{kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (TOML-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, int | float) for v in value.values()):
+            raise ConfigError(f"{key}: expected a table of numbers, got {value!r}")
+        return {k: float(v) for k, v in value.items()}
+    raise ConfigError(f"{key}: unsupported type {type(default).__name__}")
+
+
+def merge(cfg: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Merge a nested dict into a config dataclass in place, rejecting unknown keys by name."""
+    known = {f.name: f for f in fields(cfg)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"section [{prefix[:-1]}]" if prefix else "the top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+                          f"expected one of: {', '.join(prefix + k for k in known)}")
+    for key, value in data.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a section (table), got {value!r}")
+            merge(current, value, prefix=f"{prefix}{key}.")
+        else:
+            setattr(cfg, key, _check_type(prefix + key, value, current))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file with a clear error for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from None
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_override(cfg: RunConfig, assignment: str) -> None:
+    """Apply one ``--set section.key=value`` override, type-checked against the current value."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            raise ConfigError(f"--set {key}: unknown section {'.'.join(parts[: i + 1])!r}")
+        node = getattr(node, part)
+        if isinstance(node, dict):  # e.g. model.prior_kwargs.eta
+            value = _parse_literal(text)
+            node[parts[-1]] = _check_type(key, value, 0.0)
+            return
+    value = _parse_literal(text)
+    if isinstance(getattr(node, parts[-1], None), str) and not isinstance(value, str):
+        value = text  # strings need no quotes on the command line
+    nested: dict[str, Any] = {parts[-1]: value}
+    merge(node, nested, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars, dicts of numbers and sections as TOML."""
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+    sections: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        for k, v in table.items():
+            if isinstance(v, dict):
+                sections.append((f"{prefix}{k}", v))
+            else:
+                lines.append(f"{k} = {scalar(v)}")
+
+    emit("", data)
+    while sections:
+        name, table = sections.pop(0)
+        lines.append(f"\n[{name}]")
+        emit(name + ".", table)
+    return "\n".join(lines) + "\n"

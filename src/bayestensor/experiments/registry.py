@@ -1,0 +1,69 @@
+"""Registry of built-in experiments (one module each), read by ``bayestensor experiments`` and ``train``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .config import RunConfig
+
+Splits = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A built-in experiment.
+
+    Attributes
+    ----------
+    name, description, data
+        Shown by ``bayestensor experiments``.
+    defaults
+        Sets the experiment's default hyper-parameters on a fresh :class:`RunConfig`.
+    load_data
+        Returns ``(x_train, y_train, x_test, y_test)``.
+    build_model
+        Builds the (tensorized or, with ``model.dense``, dense) model.
+    smoke
+        Shrinks the config for smoke tests (``--smoke``).
+    """
+
+    name: str
+    description: str
+    data: str
+    defaults: Callable[[RunConfig], None]
+    load_data: Callable[[RunConfig], Splits]
+    build_model: Callable[[RunConfig], nn.Module]
+    smoke: Callable[[RunConfig], None]
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register_experiment(exp: Experiment) -> Experiment:
+    """Add an experiment to the registry (names are unique)."""
+    if exp.name in _EXPERIMENTS:
+        raise ValueError(f"experiment {exp.name!r} is already registered")
+    _EXPERIMENTS[exp.name] = exp
+    return exp
+
+
+def get_experiment(name: str) -> Experiment:
+    """Look an experiment up by name."""
+    if name not in _EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {available_experiments()}")
+    return _EXPERIMENTS[name]
+
+
+def available_experiments() -> list[str]:
+    """Names of the registered experiments."""
+    return sorted(_EXPERIMENTS)
+
+
+def default_config(name: str) -> RunConfig:
+    """A :class:`RunConfig` with the experiment's defaults applied."""
+    cfg = RunConfig(experiment=name)
+    get_experiment(name).defaults(cfg)
+    return cfg

@@ -1,0 +1,131 @@
+"""Run reports: ``report.md`` and matplotlib plots from a run folder's ``report.json`` and ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch
+
+
+class ReportError(ValueError):
+    """A run folder without a readable report."""
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``report.json`` and the rows of ``metrics.jsonl`` of a run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise ReportError(f"{str(run_dir)!r} has no report.json; expected a folder written by 'bayestensor train'")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{str(path)!r} is not valid JSON: {err}") from None
+    metrics = []
+    mpath = run_dir / "metrics.jsonl"
+    if mpath.is_file():
+        metrics = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
+    return report, metrics
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """Markdown lines summarising one run."""
+    lines = [
+        f"# {report['experiment']}: {report['format']} / {report['method']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| test accuracy | {report['test_accuracy']:.4f} |",
+        f"| accuracy before final prune | {report.get('accuracy_before_prune', float('nan')):.4f} |",
+        f"| NLL | {report.get('nll', float('nan')):.4f} |",
+        f"| ECE | {report.get('ece', float('nan')):.4f} |",
+        f"| stored params | {report['params']:,} |",
+        f"| params at max rank | {report.get('initial_params', report['params']):,} |",
+        f"| dense params | {report['dense_params']:,} |",
+        f"| compression | {report['compression']:.2f}x |",
+        f"| prune threshold (relative λ) | {report.get('prune_threshold')} |",
+        f"| epochs | {report['epochs']} |",
+        f"| train seconds | {report['train_seconds']:.1f} |",
+        f"| peak RSS (MB) | {report['peak_rss_mb']:.0f} |",
+        "",
+        "| layer | format | out × in shape | initial ranks | final ranks | params | dense params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, layer in report.get("layers", {}).items():
+        lines.append(
+            f"| {name} | {layer['format']} | {layer['out_shape']} × {layer['in_shape']} | {layer['initial_ranks']} "
+            f"| {layer['final_ranks']} | {layer['params']:,} | {layer['dense_params']:,} |"
+        )
+    return lines
+
+
+def _plot_history(run_dir: Path, metrics: list[dict[str, Any]]) -> list[str]:
+    if not metrics:
+        return []
+    epochs = [m["epoch"] + 1 for m in metrics]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for layer in metrics[-1]["ranks"]:
+        for b in range(len(metrics[-1]["ranks"][layer])):
+            ax.plot(epochs, [m["ranks"].get(layer, [0] * (b + 1))[b] for m in metrics], label=f"{layer} bond {b}")
+    ax.set(xlabel="epoch", ylabel="rank", title="ranks per layer and bond")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "ranks.png", dpi=100)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(epochs, [m["params"] for m in metrics])
+    ax.set(xlabel="epoch", ylabel="stored parameters", title="stored parameters over training", yscale="log")
+    fig.tight_layout()
+    fig.savefig(run_dir / "params.png", dpi=100)
+    return ["ranks.png", "params.png"]
+
+
+def _plot_spectra(run_dir: Path, report: dict[str, Any]) -> list[str]:
+    spectra = report.get("spectra") or {}
+    if not spectra:
+        return []
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for layer, bonds in spectra.items():
+        for b, spectrum in enumerate(bonds):
+            ax.semilogy(range(1, len(spectrum) + 1), spectrum, marker="o", label=f"{layer} bond {b}")
+    ax.axhline(report.get("prune_threshold", 1e-3), color="k", linestyle="--", linewidth=0.8, label="threshold")
+    ax.set(xlabel="rank index (sorted)", ylabel="λ / max λ", title="rank-variance spectra at the end")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "spectrum.png", dpi=100)
+    return ["spectrum.png"]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and the PNG plots of one run; returns the markdown path."""
+    run_dir = Path(run_dir)
+    report, metrics = read_run(run_dir)
+    plots = _plot_history(run_dir, metrics) + _plot_spectra(run_dir, report)
+    lines = summary_lines(report) + [""] + [f"![{p}]({p})" for p in plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Plot test accuracy against compression for several runs; returns the PNG path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for d in run_dirs:
+        report, _ = read_run(d)
+        ax.scatter(report["compression"], report["test_accuracy"])
+        ax.annotate(f"{report['format']}/{report['method']}", (report["compression"], report["test_accuracy"]),
+                    fontsize=7)
+    ax.set(xscale="log", xlabel="compression (dense / stored params)", ylabel="test accuracy",
+           title="accuracy against compression")
+    fig.tight_layout()
+    path = out / "accuracy_vs_compression.png"
+    fig.savefig(path, dpi=100)
+    return path
