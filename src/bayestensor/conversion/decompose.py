@@ -137,7 +137,7 @@ def cp_als(
         factors.append(u)
     norm = tensor.norm()
     prev = None
-    for _ in range(n_iter):
+    for it in range(n_iter):
         for n in range(d):
             others = [factors[k] for k in range(d) if k != n]
             gram = torch.ones(rank, rank, dtype=tensor.dtype, device=tensor.device)
@@ -145,6 +145,8 @@ def cp_als(
                 gram = gram * (f.T @ f)  # (R, R)
             mttkrp = _unfold(tensor, n) @ _khatri_rao(others)  # (I_n, R)
             factors[n] = torch.linalg.lstsq(gram, mttkrp.T).solution.T  # gram is symmetric
+        if it % 5:
+            continue  # the fit is checked every 5 sweeps
         err = float((_cp_full(factors) - tensor).norm() / norm.clamp_min(1e-30))
         if prev is not None and abs(prev - err) < tol:
             break

@@ -207,6 +207,27 @@ def conv_plan_constant(
     strategy: str,
 ) -> tuple:
     """The plan as nested constants (strings, ints, tuples), usable inside ``torch.compile``."""
+    key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out, strategy)
+    if key not in _CONV_CONSTANTS:
+        _CONV_CONSTANTS[key] = _conv_plan_payload(
+            fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out, strategy
+        )
+    return _CONV_CONSTANTS[key]
+
+
+_CONV_CONSTANTS: dict[tuple, tuple] = {}
+
+
+def _conv_plan_payload(
+    fmt: str,
+    out_shape: tuple[int, ...],
+    in_shape: tuple[int, ...],
+    ranks: tuple[int, ...],
+    batch: int,
+    pixels_in: int,
+    pixels_out: int,
+    strategy: str,
+) -> tuple:
     chosen, costs, split = conv_plan(fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out)
     if strategy != "auto":
         chosen = strategy
