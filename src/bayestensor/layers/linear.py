@@ -181,6 +181,13 @@ class TensorizedLinear(TensorizedModule):
     def dense_params(self) -> int:  # noqa: D102
         return self.in_features * self.out_features + (self.out_features if self.bias is not None else 0)
 
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, **kwargs) -> TensorizedLinear:
+        """Compress a trained :class:`torch.nn.Linear`; see :func:`bayestensor.conversion.linear_from_dense`."""
+        from ..conversion.from_dense import linear_from_dense
+
+        return linear_from_dense(linear, **kwargs)
+
     def extra_repr(self) -> str:  # noqa: D102
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "

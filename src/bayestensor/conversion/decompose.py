@@ -1,0 +1,222 @@
+r"""Dense tensor → factors in each format, with ``torch.linalg`` (no TensorLy at run time).
+
+All functions take the tensor ``T`` of shape ``(*out_shape, *in_shape)`` (the layers' view of a
+weight matrix) and return factors in the layouts of :mod:`bayestensor.formats`:
+
+* **TT-SVD** (Oseledets 2011): sweep left to right, ``C ← reshape(C, r_{k-1} n_k, ·)``,
+  ``C = U Σ Vᵀ``, core ``k = U[:, :r_k]``, ``C ← Σ Vᵀ``. Exact when no rank is cut; otherwise the
+  error is at most ``sqrt(Σ_k ε_k²)`` with ``ε_k`` the discarded singular values of step ``k``.
+* **TTM-SVD**: TT-SVD of ``T`` with modes regrouped as ``(m_1 n_1, m_2 n_2, …)``.
+* **HOSVD / HOOI** (De Lathauwer et al. 2000) for Tucker: ``U_n`` = leading left singular
+  vectors of the mode-``n`` unfolding, core ``G = T ×_1 U_1ᵀ ⋯ ×_D U_Dᵀ``; HOOI then refines each
+  ``U_n`` from ``T`` projected on the other factors. Exact at full multilinear rank.
+* **CP-ALS** (Kolda & Bader 2009): ``U_n ← T_{(n)} (⊙_{k≠n} U_k) (⊛_{k≠n} U_kᵀ U_k)^†``. At the
+  format's full rank ``R = Π I / max I`` the exact decomposition that slices ``T`` along its
+  largest mode is returned instead (ALS need not converge to an exact fit).
+
+Factors are finally rescaled so that every factor carries an equal share of the norm (the
+product, hence ``T̂``, is unchanged); this keeps a warm-started ARD prior well conditioned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..formats import get_format
+from ..functional import reconstruct_matrix
+
+Shape = tuple[int, ...]
+
+
+def _svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    r = min(rank, s.shape[0])
+    return u[:, :r], s[:r], vh[:r]
+
+
+def tt_svd(tensor: Tensor, max_ranks: Sequence[int]) -> list[Tensor]:
+    """TT cores ``(r_{k-1}, n_k, r_k)`` of ``tensor`` with ``r_k ≤ max_ranks[k]`` (``d − 1`` entries)."""
+    dims = tensor.shape
+    if len(max_ranks) != len(dims) - 1:
+        raise ValueError(f"a {len(dims)}-way tensor has {len(dims) - 1} TT ranks, got {len(max_ranks)}")
+    cores, rest, r_prev = [], tensor, 1
+    for k in range(len(dims) - 1):
+        u, s, vh = _svd(rest.reshape(r_prev * dims[k], -1), int(max_ranks[k]))
+        cores.append(u.reshape(r_prev, dims[k], -1))  # (r_{k-1}, n_k, r_k)
+        rest = s[:, None] * vh  # (r_k, n_{k+1} ⋯ n_d)
+        r_prev = s.shape[0]
+    cores.append(rest.reshape(r_prev, dims[-1], 1))
+    return cores
+
+
+def ttm_svd(tensor: Tensor, out_shape: Shape, in_shape: Shape, max_ranks: Sequence[int]) -> list[Tensor]:
+    """TT-matrix cores ``(r_{k-1}, m_k, n_k, r_k)`` of ``tensor`` of shape ``(*out_shape, *in_shape)``."""
+    d = len(out_shape)
+    perm = [p for k in range(d) for p in (k, d + k)]
+    paired = tensor.permute(perm).reshape([m * n for m, n in zip(out_shape, in_shape, strict=True)])
+    cores = tt_svd(paired, max_ranks)
+    return [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(cores, out_shape, in_shape, strict=True)]
+
+
+def _unfold(tensor: Tensor, mode: int) -> Tensor:
+    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def _multi_mode(tensor: Tensor, matrices: Sequence[Tensor | None], transpose: bool) -> Tensor:
+    """``T ×_n M_n`` over all modes with a matrix (``M_nᵀ`` when ``transpose``)."""
+    for n, m in enumerate(matrices):
+        if m is None:
+            continue
+        m = m.T if transpose else m
+        tensor = torch.tensordot(m, tensor.movedim(n, 0), dims=1).movedim(0, n)  # mode n: I_n -> R_n
+    return tensor
+
+
+def hooi(tensor: Tensor, ranks: Sequence[int], n_iter: int = 10, tol: float = 1e-10) -> tuple[Tensor, list[Tensor]]:
+    """Tucker core ``(R_1..R_D)`` and factors ``(I_n, R_n)``: HOSVD, then HOOI sweeps when truncating."""
+    d = tensor.dim()
+    factors = [_svd(_unfold(tensor, n), int(ranks[n]))[0] for n in range(d)]
+    truncated = any(f.shape[1] < tensor.shape[n] for n, f in enumerate(factors))
+    prev = None
+    for _ in range(n_iter if truncated else 0):
+        for n in range(d):
+            proj = _multi_mode(tensor, [None if k == n else factors[k] for k in range(d)], transpose=True)
+            factors[n] = _svd(_unfold(proj, n), int(ranks[n]))[0]
+        core = _multi_mode(tensor, factors, transpose=True)
+        norm = float(core.norm())
+        if prev is not None and abs(norm - prev) <= tol * max(norm, 1e-30):
+            break
+        prev = norm
+    return _multi_mode(tensor, factors, transpose=True), factors
+
+
+def cp_exact(tensor: Tensor) -> list[Tensor]:
+    """An exact CP decomposition of rank ``Π I / max I``: one rank-1 term per fibre along the largest mode."""
+    dims = tensor.shape
+    big = max(range(len(dims)), key=lambda n: dims[n])
+    others = [n for n in range(len(dims)) if n != big]
+    rank = math.prod(dims[n] for n in others)
+    factors = [None] * len(dims)
+    factors[big] = tensor.movedim(big, -1).reshape(rank, dims[big]).T.contiguous()  # (I_big, R)
+    combos = torch.tensor(list(itertools.product(*(range(dims[n]) for n in others))), dtype=torch.long)
+    combos = combos.reshape(rank, len(others))
+    for j, n in enumerate(others):
+        factors[n] = torch.nn.functional.one_hot(combos[:, j], dims[n]).T.to(tensor)  # (I_n, R)
+    return factors
+
+
+def _khatri_rao(mats: Sequence[Tensor]) -> Tensor:
+    out = mats[0]
+    for m in mats[1:]:
+        out = (out[:, None, :] * m[None, :, :]).reshape(-1, out.shape[1])  # (Π I, R), last index fastest
+    return out
+
+
+def cp_als(
+    tensor: Tensor, rank: int, n_iter: int = 200, tol: float = 1e-9, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """CP factors ``(I_n, R)`` by alternating least squares (exact construction at full rank)."""
+    dims = tensor.shape
+    if rank >= math.prod(dims) // max(dims):
+        factors = cp_exact(tensor)
+        extra = rank - factors[0].shape[1]
+        return [torch.cat([f, f.new_zeros(f.shape[0], extra)], 1) for f in factors] if extra > 0 else factors
+    d = len(dims)
+    factors = []
+    for n in range(d):  # HOSVD init, padded with small noise when rank > I_n
+        u, s, _ = _svd(_unfold(tensor, n), rank)
+        u = u * s.clamp_min(1e-12).pow(1.0 / d)
+        if u.shape[1] < rank:
+            pad = torch.randn(dims[n], rank - u.shape[1], generator=generator, dtype=u.dtype).to(u.device)
+            u = torch.cat([u, 1e-2 * pad * u.abs().mean()], 1)
+        factors.append(u)
+    norm = tensor.norm()
+    prev = None
+    for it in range(n_iter):
+        for n in range(d):
+            others = [factors[k] for k in range(d) if k != n]
+            gram = torch.ones(rank, rank, dtype=tensor.dtype, device=tensor.device)
+            for f in others:
+                gram = gram * (f.T @ f)  # (R, R)
+            mttkrp = _unfold(tensor, n) @ _khatri_rao(others)  # (I_n, R)
+            factors[n] = torch.linalg.lstsq(gram, mttkrp.T).solution.T  # gram is symmetric
+        if it % 5:
+            continue  # the fit is checked every 5 sweeps
+        err = float((_cp_full(factors) - tensor).norm() / norm.clamp_min(1e-30))
+        if prev is not None and abs(prev - err) < tol:
+            break
+        prev = err
+    return factors
+
+
+def _cp_full(factors: Sequence[Tensor]) -> Tensor:
+    return _khatri_rao(factors).sum(1).reshape([f.shape[0] for f in factors])
+
+
+def _balance(factors: list[Tensor]) -> list[Tensor]:
+    norms = [float(f.norm()) for f in factors]
+    if any(n == 0.0 for n in norms):
+        return factors
+    target = math.exp(sum(math.log(n) for n in norms) / len(norms))
+    return [f * (target / n) for f, n in zip(factors, norms, strict=True)]
+
+
+def _pad_to(t: Tensor, shape: Sequence[int]) -> Tensor:
+    if tuple(t.shape) == tuple(shape):
+        return t
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, s) for s in t.shape)] = t
+    return out
+
+
+def decompose(
+    format: str,
+    tensor: Tensor,
+    out_shape: Shape,
+    in_shape: Shape,
+    ranks: Sequence[int],
+    *,
+    n_iter: int = 200,
+) -> list[Tensor]:
+    """Factors of ``tensor`` (shape ``(*out_shape, *in_shape)``) in ``format`` at exactly ``ranks``.
+
+    Ranks the decomposition cannot use (e.g. a TT rank above what the SVD yields) are
+    zero-padded, so the factors always fit a :class:`~bayestensor.tensors.FactorizedTensor`
+    built with the same ranks.
+    """
+    fmt = get_format(format)
+    out_shape, in_shape = tuple(out_shape), tuple(in_shape)
+    if tuple(tensor.shape) != out_shape + in_shape:
+        raise ValueError(f"expected a tensor of shape {out_shape + in_shape}, got {tuple(tensor.shape)}")
+    ranks = list(ranks)
+    if fmt.name == "tt":
+        factors = _balance(tt_svd(tensor, ranks))
+    elif fmt.name == "ttm":
+        factors = _balance(ttm_svd(tensor, out_shape, in_shape, ranks))
+    elif fmt.name == "tucker":
+        core, us = hooi(tensor, ranks, n_iter=min(n_iter, 25))
+        factors = _balance([core, *us])
+    elif fmt.name == "cp":
+        factors = cp_als(tensor, ranks[0], n_iter=n_iter)
+        scale = [f.norm(dim=0).clamp_min(1e-30) for f in factors]  # balance every rank-1 term
+        geo = torch.stack(scale).log().mean(0).exp()
+        factors = [f * (geo / s) for f, s in zip(factors, scale, strict=True)]
+    else:
+        raise ValueError(f"no decomposition for format {fmt.name!r}")
+    shapes = fmt.factor_shapes(out_shape, in_shape, ranks)
+    return [_pad_to(f, s) for f, s in zip(factors, shapes, strict=True)]
+
+
+def relative_error(
+    format: str, factors: Sequence[Tensor], tensor: Tensor, out_shape: Shape, in_shape: Shape, ranks: Sequence[int]
+) -> float:
+    """``‖T − T̂‖_F / ‖T‖_F`` of the reconstruction (0 when ``T`` is zero and so is ``T̂``)."""
+    approx = reconstruct_matrix(format, list(factors), tuple(out_shape), tuple(in_shape), tuple(ranks))
+    diff = (approx - tensor.reshape(approx.shape)).norm()
+    norm = tensor.norm()
+    return float(diff / norm) if float(norm) > 0 else float(diff)

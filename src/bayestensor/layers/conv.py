@@ -1,0 +1,493 @@
+r"""TensorizedConv2d: a 2-D convolution whose kernel lives in a low-rank tensor format.
+
+The kernel ``K`` of shape ``(out, in, kh, kw)`` is stored as the matrix
+
+.. math::
+
+    W[o, (s, i)] = K[o, i, s_h, s_w], \qquad s = s_h k_w + s_w,
+
+that is ``K.permute(0, 2, 3, 1).reshape(out, kh·kw·in)``, viewed as the tensor
+``W.reshape(*out_shape, kh·kw, *in_shape)``. The spatial mode ``s`` is the first input mode
+(the kernel modes ``[kh·kw, in modes…, out modes…]`` of Garipov et al. 2016), so a TT kernel
+is ``C[o, r] S[r, s, r'] A[r', i]`` with the spatial core between the output and input cores.
+TTM pairs the spatial mode with an extra output mode of size 1.
+
+The forward either reconstructs ``K`` and calls :func:`torch.nn.functional.conv2d`, or runs a
+*factorized sequence*: the factors are split into three groups ``P | S | Q`` (``S`` holds the
+spatial factor), each group is pre-contracted into a super-factor, and
+
+.. math::
+
+    u = x \times_{I} S_P \;(\text{1×1}), \qquad v = u \ast S_S \;(\text{grouped } k_h × k_w),
+    \qquad y = v \times S_Q \;(\text{1×1}),
+
+where indices of ``u`` that ``S_S`` does not touch are folded into the batch, and indices
+shared by ``u``, ``S_S`` and ``S_Q`` (CP's hyper-edge) become convolution groups. This is the
+CP / Tucker-2 decomposed convolution (Lebedev et al. 2015; Kim et al. 2016) generalised to any
+index network. The split and the strategy are chosen by a FLOP + memory-traffic cost model and
+cached per ``(format, shapes, ranks, batch bucket, spatial size)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..formats import RankSpec, get_format, tensorized_shape
+from ..functional import batch_bucket, plan_contraction, reconstruct_matrix, run_steps
+from ..tensors import FactorizedTensor, TensorizedModule
+
+STRATEGIES = ("auto", "factorized", "reconstruct")
+
+#: Cost, in FLOP equivalents, of reading or writing one activation element (memory-bound steps).
+MEMORY_COST = 16.0
+#: Relative per-FLOP cost of the three-kernel factorized sequence against one dense convolution.
+FACTORIZED_PENALTY = 1.2
+#: Splits whose batch-dependent cost is within the best few are planned exactly.
+_EXACT_CANDIDATES = 6
+
+_LETTERS = "acdefghijklmnoqrstuvwxyzACDEFGHIJKLMNOPQRSTUVWXYZ"  # 'b' batch, 'p' pixels reserved
+
+IntPair = int | tuple[int, int]
+
+
+def _pair(v: IntPair | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        out = (v, v)
+    elif isinstance(v, Sequence) and len(v) == 2 and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        out = (int(v[0]), int(v[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ConvSplit:
+    """One factorized sequence ``P | S | Q`` with its einsum equations (see the module docstring)."""
+
+    p: tuple[int, ...]
+    s: tuple[int, ...]
+    q: tuple[int, ...]
+    eq1: str  # x[, S_P] -> u  ("b I p" -> "b pass grp cin p")
+    s_out: str  # S_S layout: grp cout cin s
+    eq3: str  # v[, S_Q] -> y  ("b pass grp cout p" -> "b O p")
+    sizes: tuple[int, int, int, int]  # |pass|, |grp|, |cout|, |cin|
+    v_modes: tuple[int, ...]  # sizes of the pass, grp, cout indices of v
+    p_term: str
+    q_term: str
+    cost: float
+
+
+def _conv_symbols(names: Sequence[str]) -> dict[str, str]:
+    if len(names) > len(_LETTERS):
+        raise ValueError(f"network with {len(names)} indices is too large to contract with einsum")
+    return dict(zip(sorted(names), _LETTERS, strict=False))
+
+
+_CONV_PLANS: dict[tuple, tuple] = {}
+
+
+def conv_plan(
+    fmt: str,
+    out_shape: tuple[int, ...],
+    in_shape: tuple[int, ...],
+    ranks: tuple[int, ...],
+    batch: int,
+    pixels_in: int,
+    pixels_out: int,
+) -> tuple[str, dict[str, float], ConvSplit | None]:
+    r"""Choose between reconstruction and the cheapest factorized sequence for one convolution.
+
+    ``in_shape[0]`` is the spatial mode ``kh·kw``. With ``B`` the batch bucket, ``P_in`` /
+    ``P_out`` the input / output pixels and ``|·|`` the product of index sizes, the costs are
+
+    .. math::
+
+        C_\text{rec} = \text{flops}(W) + 2 B P_\text{out} M N + μ B (P_\text{in} N + P_\text{out} M),
+
+        C_\text{fac} = ρ \big[\textstyle\sum_g \text{flops}(S_g) + 2 B P_\text{in}|x ∪ S_P|
+        + 2 B P_\text{out} |\text{pass}||\text{grp}||\text{cin}||\text{cout}| k_h k_w
+        + 2 B P_\text{out} |v ∪ S_Q| + μ B (P_\text{in}|u| + P_\text{out}|v|)\big],
+
+    with ``μ`` = :data:`MEMORY_COST` and ``ρ`` = :data:`FACTORIZED_PENALTY`. Returns the chosen
+    strategy, the costs and the best split.
+    """
+    key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out)
+    if key in _CONV_PLANS:
+        return _CONV_PLANS[key]
+    bsz = batch_bucket(batch)
+    network = get_format(fmt).network(out_shape, in_shape, ranks)
+    sym = _conv_symbols(list(network.sizes))
+    sizes = {sym[k]: v for k, v in network.sizes.items()}
+    terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
+    s_idx = sym[network.in_indices[0]]
+    x_modes = "".join(sym[i] for i in network.in_indices[1:])
+    o_modes = "".join(sym[i] for i in network.out_indices)
+    size = lambda idx: math.prod(sizes[c] for c in idx)  # noqa: E731
+    n_out, n_in, khkw = math.prod(out_shape), math.prod(in_shape[1:]), in_shape[0]
+    _, recon_flops, _ = plan_contraction(terms, o_modes + s_idx + x_modes, sizes)
+    costs = {
+        "reconstruct": recon_flops
+        + 2.0 * bsz * pixels_out * n_out * n_in * khkw
+        + MEMORY_COST * bsz * (pixels_in * n_in + pixels_out * n_out)
+    }
+    sf = next(f for f, t in enumerate(terms) if s_idx in t)
+    others = [f for f in range(len(terms)) if f != sf]
+    candidates = []
+    for assign in itertools.product(range(3), repeat=len(others)):
+        p = tuple(f for f, a in zip(others, assign, strict=True) if a == 0)
+        q = tuple(f for f, a in zip(others, assign, strict=True) if a == 2)
+        s = tuple(sorted((sf, *(f for f, a in zip(others, assign, strict=True) if a == 1))))
+        idx_p = set("".join(terms[f] for f in p))
+        idx_s = set("".join(terms[f] for f in s))
+        idx_q = set("".join(terms[f] for f in q))
+        later = idx_s | idx_q | set(o_modes)
+        u = (set(x_modes) | idx_p) & later
+        after_s = idx_q | set(o_modes)
+        cin = sorted((u & idx_s) - after_s)
+        grp = sorted(u & idx_s & after_s)
+        pas = sorted(u - idx_s)
+        cout = sorted((idx_s & after_s) - u - {s_idx})
+        v = pas + grp + cout
+        p_term = "".join(sorted(idx_p & (set(x_modes) | later)))
+        q_term = "".join(sorted(idx_q & (set(v) | set(o_modes))))
+        step1 = 2.0 * bsz * pixels_in * size(set(x_modes) | set(p_term)) if p else 0.0
+        step2 = 2.0 * bsz * pixels_out * size(pas + grp + cout + cin) * khkw
+        step3 = 2.0 * bsz * pixels_out * size(set(v) | set(q_term)) if q else 0.0
+        traffic = MEMORY_COST * bsz * (pixels_in * (n_in + size(u)) + pixels_out * (size(v) + n_out))
+        candidates.append((step1 + step2 + step3 + traffic, p, s, q, pas, grp, cout, cin, p_term, q_term))
+    candidates.sort(key=lambda c: c[0])
+    best: ConvSplit | None = None
+    for cost, p, s, q, pas, grp, cout, cin, p_term, q_term in candidates[:_EXACT_CANDIDATES]:
+        s_out = "".join(grp + cout + cin) + s_idx
+        pre = sum(plan_contraction([terms[f] for f in g], out, sizes)[1] for g, out in ((p, p_term), (q, q_term)) if g)
+        pre += plan_contraction([terms[f] for f in s], s_out, sizes)[1]
+        total = (cost + pre) * FACTORIZED_PENALTY
+        if best is not None and total >= best.cost:
+            continue
+        u_out = "b" + "".join(pas + grp + cin) + "p"
+        eq1 = f"b{x_modes}p,{p_term}->{u_out}" if p else f"b{x_modes}p->{u_out}"
+        v_term = "b" + "".join(pas + grp + cout) + "p"
+        eq3 = f"{v_term},{q_term}->b{o_modes}p" if q else f"{v_term}->b{o_modes}p"
+        best = ConvSplit(
+            p,
+            s,
+            q,
+            eq1,
+            s_out,
+            eq3,
+            (size(pas), size(grp), size(cout), size(cin)),
+            tuple(sizes[c] for c in pas + grp + cout),
+            p_term,
+            q_term,
+            total,
+        )
+    if best is not None:
+        costs["factorized"] = best.cost
+    result = (min(costs, key=costs.__getitem__), costs, best)
+    _CONV_PLANS[key] = result
+    return result
+
+
+@torch.compiler.assume_constant_result
+def conv_plan_constant(
+    fmt: str,
+    out_shape: tuple[int, ...],
+    in_shape: tuple[int, ...],
+    ranks: tuple[int, ...],
+    batch: int,
+    pixels_in: int,
+    pixels_out: int,
+    strategy: str,
+) -> tuple:
+    """The plan as nested constants (strings, ints, tuples), usable inside ``torch.compile``."""
+    key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out, strategy)
+    if key not in _CONV_CONSTANTS:
+        _CONV_CONSTANTS[key] = _conv_plan_payload(
+            fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out, strategy
+        )
+    return _CONV_CONSTANTS[key]
+
+
+_CONV_CONSTANTS: dict[tuple, tuple] = {}
+
+
+def _conv_plan_payload(
+    fmt: str,
+    out_shape: tuple[int, ...],
+    in_shape: tuple[int, ...],
+    ranks: tuple[int, ...],
+    batch: int,
+    pixels_in: int,
+    pixels_out: int,
+    strategy: str,
+) -> tuple:
+    chosen, costs, split = conv_plan(fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out)
+    if strategy != "auto":
+        chosen = strategy
+    if chosen == "reconstruct" or split is None:
+        return ("reconstruct", ())
+    network = get_format(fmt).network(out_shape, in_shape, ranks)
+    sym = _conv_symbols(list(network.sizes))
+    sizes = {sym[k]: v for k, v in network.sizes.items()}
+    terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
+    p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()
+    q_steps = plan_contraction([terms[f] for f in split.q], split.q_term, sizes)[0] if split.q else ()
+    s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
+    return (
+        "factorized",
+        (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3, split.sizes, split.v_modes),
+    )
+
+
+def _conv_out(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+class TensorizedConv2d(TensorizedModule):
+    """A 2-D convolution whose kernel is stored in CP, Tucker, TT or TT-matrix format.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        As in :class:`torch.nn.Conv2d` (``padding`` an int, a pair or ``"valid"``;
+        ``padding_mode="zeros"``). With ``groups > 1`` the kernel ``(out, in / groups, kh, kw)``
+        is factorized and the forward always reconstructs it (every format).
+    format
+        ``"cp"``, ``"tucker"``, ``"tt"`` or ``"ttm"``.
+    max_rank
+        Int or per-bond sequence for the kernel tensor (see the module docstring for its modes).
+    in_shape, out_shape
+        Channel mode shapes (products ``in_channels / groups`` and ``out_channels``); chosen
+        automatically (balanced, zero-padded if needed) when ``None``.
+    method, prior, prior_kwargs, rank_update, em_step
+        Bayesian rank determination, as for :class:`~bayestensor.layers.TensorizedLinear`.
+    init_std
+        Target std of the kernel entries; default ``sqrt(2 / (in / groups · kh · kw))`` (He).
+    strategy
+        ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
+
+    Examples
+    --------
+    >>> conv = TensorizedConv2d(16, 32, 3, padding=1, format="tucker", max_rank=8)
+    >>> conv(torch.randn(2, 16, 8, 8)).shape
+    torch.Size([2, 32, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | str = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        format: str = "tt",
+        max_rank: RankSpec = 16,
+        in_shape: Sequence[int] | None = None,
+        out_shape: Sequence[int] | None = None,
+        method: str | None = None,
+        prior: str = "half_cauchy",
+        prior_kwargs: dict[str, float] | None = None,
+        rank_update: str = "em",
+        em_step: float = 1.0,
+        init_std: float | None = None,
+        strategy: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, n in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible by "
+                f"groups ({groups})"
+            )
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+        fmt = get_format(format)
+        if groups > 1 and strategy == "factorized":
+            raise ValueError(
+                f"groups={groups} with format {fmt.name!r}: the factorized sequence needs groups=1; "
+                "use strategy='auto' or 'reconstruct' (grouped kernels are reconstructed for every format)"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if padding == "valid":
+            padding = 0
+        elif isinstance(padding, str):
+            raise ValueError(f"padding must be an int, a pair of ints or 'valid', got {padding!r}")
+        self.padding = _pair(padding, "padding")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise ValueError(
+                f"expected kernel_size, stride, dilation >= 1 and padding >= 0, got kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, dilation={self.dilation}, padding={self.padding}"
+            )
+        self.strategy = strategy
+        per_group = in_channels // groups
+        khkw = self.kernel_size[0] * self.kernel_size[1]
+        self.in_shape = self._channel_shape(per_group, in_shape, "in", fmt)
+        modes = len(self.in_shape) if fmt.paired_modes else fmt.default_modes
+        self.out_shape = self._channel_shape(out_channels, out_shape, "out", fmt, modes)
+        if fmt.paired_modes and len(self.in_shape) != len(self.out_shape):
+            raise ValueError(
+                f"format {fmt.name!r} pairs channel modes, so in_shape and out_shape need the same length; got "
+                f"in_shape={self.in_shape} and out_shape={self.out_shape}"
+            )
+        # tensor modes of the kernel matrix: (out modes [+ 1 for TTM]) x (kh·kw, in modes)
+        self.tensor_out_shape = ((1,) if fmt.paired_modes else ()) + self.out_shape
+        self.tensor_in_shape = (khkw, *self.in_shape)
+        self.weight = FactorizedTensor(
+            fmt.name,
+            self.tensor_out_shape,
+            self.tensor_in_shape,
+            max_rank,
+            method=method,
+            prior=prior,
+            prior_kwargs=prior_kwargs,
+            rank_update=rank_update,
+            em_step=em_step,
+            init_std=math.sqrt(2.0 / (per_group * khkw)) if init_std is None else init_std,
+            device=device,
+            dtype=dtype,
+        )
+        if bias:
+            bound = 1.0 / math.sqrt(per_group * khkw)
+            self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    @staticmethod
+    def _channel_shape(
+        n: int, given: Sequence[int] | None, side: str, fmt, modes: int | None = None
+    ) -> tuple[int, ...]:
+        if given is None:
+            return tensorized_shape(n, modes or fmt.default_modes)
+        shape = tuple(int(s) for s in given)
+        if not shape or any(s < 1 for s in shape) or math.prod(shape) != n:
+            what = "in_channels / groups" if side == "in" else "out_channels"
+            raise ValueError(
+                f"{side}_shape={shape} must be positive ints with product {what} = {n}; got product "
+                f"{math.prod(shape) if shape else 0} (or pass {side}_shape=None to choose one automatically)"
+            )
+        return shape
+
+    @property
+    def format(self) -> str:
+        """Name of the tensor format."""
+        return self.weight.fmt.name
+
+    def _kernel(self, factors: Sequence[Tensor]) -> Tensor:
+        w = reconstruct_matrix(
+            self.format, factors, self.tensor_out_shape, self.tensor_in_shape, tuple(self.weight.ranks)
+        )  # (M, kh·kw·N)
+        kh, kw = self.kernel_size
+        w = w.reshape(math.prod(self.out_shape), kh, kw, math.prod(self.in_shape))  # (M, kh, kw, N)
+        w = w[: self.out_channels, :, :, : self.in_channels // self.groups]
+        return w.permute(0, 3, 1, 2)  # (out, in / groups, kh, kw)
+
+    def full_weight(self) -> Tensor:
+        """The dense ``(out_channels, in_channels / groups, kh, kw)`` kernel (posterior mean)."""
+        return self._kernel(list(self.weight.factors))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        ref = self.weight.factors[0]
+        if x.dtype != ref.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the layer's dtype {ref.dtype}")
+        if x.device != ref.device:
+            raise ValueError(f"input is on {x.device} but the layer is on {ref.device}")
+        for d, name in ((0, "height"), (1, "width")):
+            span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
+            padded = x.shape[2 + d] + 2 * self.padding[d]
+            if span > padded:
+                raise ValueError(
+                    f"kernel {name} {self.kernel_size[d]} (dilated span {span}) is larger than the padded input "
+                    f"{name} {padded} (input {x.shape[2 + d]} + 2 × padding {self.padding[d]})"
+                )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve ``x`` of shape ``(B, in_channels, H, W)``; returns ``(B, out_channels, H', W')``."""
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        self._check_input(x)
+        batch, _, height, width = x.shape
+        h_out = _conv_out(height, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
+        w_out = _conv_out(width, self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
+        factors = self.weight.tensors()
+        ranks = tuple(self.weight.ranks)
+        strategy = "reconstruct" if self.groups > 1 else self.strategy
+        chosen, payload = conv_plan_constant(
+            self.format,
+            self.tensor_out_shape,
+            self.tensor_in_shape,
+            ranks,
+            int(batch),
+            int(height * width),
+            int(h_out * w_out),
+            strategy,
+        )
+        if chosen == "reconstruct":
+            y = F.conv2d(x, self._kernel(factors), self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return y.squeeze(0) if unbatched else y
+        p, s, q, p_steps, s_steps, q_steps, eq1, eq3, (n_pass, n_grp, n_cout, n_cin), v_modes = payload
+        n_pad = math.prod(self.in_shape) - self.in_channels
+        if n_pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, n_pad))  # zero channels meet never-used kernel entries
+        xt = x.reshape(batch, *self.in_shape, height * width)  # (B, n_1..n_d, P_in)
+        if p:
+            sp = run_steps(p_steps, [factors[f] for f in p])  # super-factor of group P
+            u = torch.einsum(eq1, xt, sp)  # (B, pass, grp, cin, P_in): 1×1 channel contraction
+        else:
+            u = torch.einsum(eq1, xt)  # (B, pass, grp, cin, P_in): a permutation
+        u = u.reshape(batch * n_pass, n_grp * n_cin, height, width)
+        kh, kw = self.kernel_size
+        ss = run_steps(s_steps, [factors[f] for f in s])  # (grp, cout, cin, kh·kw)
+        ss = ss.reshape(n_grp * n_cout, n_cin, kh, kw)
+        v = F.conv2d(u, ss, None, self.stride, self.padding, self.dilation, n_grp)  # (B·pass, grp·cout, H', W')
+        v = v.reshape(batch, *v_modes, h_out * w_out)  # (B, pass, grp, cout, P_out)
+        if q:
+            sq = run_steps(q_steps, [factors[f] for f in q])  # super-factor of group Q
+            y = torch.einsum(eq3, v, sq)  # (B, m_1..m_d, P_out)
+        else:
+            y = torch.einsum(eq3, v)
+        y = y.reshape(batch, math.prod(self.out_shape), h_out, w_out)
+        if y.shape[1] != self.out_channels:
+            y = y[:, : self.out_channels]
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y.squeeze(0) if unbatched else y
+
+    def dense_params(self) -> int:  # noqa: D102
+        kh, kw = self.kernel_size
+        weight = self.out_channels * (self.in_channels // self.groups) * kh * kw
+        return weight + (self.out_channels if self.bias is not None else 0)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, **kwargs) -> TensorizedConv2d:
+        """Compress a trained :class:`torch.nn.Conv2d`; see :func:`bayestensor.conversion.conv2d_from_dense`."""
+        from ..conversion.from_dense import conv2d_from_dense
+
+        return conv2d_from_dense(conv, **kwargs)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, strategy={self.strategy!r}"
+        )

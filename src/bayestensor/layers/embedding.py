@@ -1,0 +1,405 @@
+r"""TensorizedEmbedding: an embedding table (or bag) stored in a low-rank tensor format, never materialised.
+
+The table ``E`` of shape ``(V, D)`` is the matrix of a factorized tensor with
+``out_shape = row_shape`` and ``in_shape = col_shape`` (the convention of
+:class:`~bayestensor.layers.TensorizedLinear`), zero-padded to ``prod(row_shape) ≥ V`` rows and
+``prod(col_shape) ≥ D`` columns; padded rows are never addressed. A lookup of row ``v``
+
+1. writes ``v`` in mixed radix over ``row_shape``: ``v = Σ_k v_k Π_{j>k} n_j``;
+2. gathers, from every factor that carries row mode ``k``, the slice ``v_k`` (TT core
+   ``G_k[:, v_k, :]``, CP / Tucker row ``U_k[v_k, :]``, TTM core ``G_k[:, v_k, :, :]``);
+3. contracts the gathered slices with the column factors, batched over the looked-up rows
+   (for TT a chain of batched ``(1 × r)(r × r)…`` GEMMs, as in TT-Rec / FBTT-Embedding):
+
+.. math::
+
+    E[v, c] = \sum_{\text{bonds}} \prod_{k} G_k[\ldots, v_k, \ldots] \prod_{j} H_j[\ldots, c_j, \ldots].
+
+Repeated ids in a batch are computed once (``torch.unique``); bags are pooled by
+:func:`torch.nn.functional.embedding_bag` over the de-duplicated rows. Cost is
+``O(#unique ids · Σ_k |G_k slice| · r)`` time and memory, independent of ``V``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..formats import RankSpec, get_format, tensorized_shape
+from ..functional import batch_bucket, plan_contraction, reconstruct_matrix, run_steps
+from ..tensors import FactorizedTensor, TensorizedModule
+
+MODES = (None, "sum", "mean")
+TTM_MERGE = 4
+_LETTERS = "acdefghijklmnopqrstuvwxyzACDEFGHIJKLMNOPQRSTUVWXYZ"  # 'b' is the looked-up row
+
+_EMB_PLANS: dict[tuple, tuple] = {}
+
+
+def _embedding_plan(
+    fmt: str, row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...], rows: int
+) -> tuple:
+    key = (fmt, row_shape, col_shape, ranks, batch_bucket(rows))
+    if key in _EMB_PLANS:
+        return _EMB_PLANS[key]
+    network = get_format(fmt).network(row_shape, col_shape, ranks)
+    names = sorted(network.sizes)
+    if len(names) > len(_LETTERS):
+        raise ValueError(f"network with {len(names)} indices is too large to contract with einsum")
+    sym = dict(zip(names, _LETTERS, strict=False))
+    sizes = {sym[k]: v for k, v in network.sizes.items()} | {"b": batch_bucket(rows)}
+    gathers, terms = [], []
+    for idx in network.factor_indices:
+        rows_here = [(axis, network.out_indices.index(n)) for axis, n in enumerate(idx) if n in network.out_indices]
+        if len(rows_here) > 1:
+            raise ValueError(f"format {fmt!r} has a factor with several row modes; cannot gather rows")
+        rest = "".join(sym[n] for n in idx if n not in network.out_indices)
+        if rows_here:
+            axis, mode = rows_here[0]
+            gathers.append((mode, axis))
+            terms.append("b" + rest)  # gathered slice: (rows, remaining axes)
+        else:
+            gathers.append((-1, -1))
+            terms.append(rest)
+    steps, _, _ = plan_contraction(terms, "b" + "".join(sym[n] for n in network.in_indices), sizes)
+    plan = (tuple(gathers), steps)
+    _EMB_PLANS[key] = plan
+    return plan
+
+
+@torch.compiler.assume_constant_result
+def embedding_plan(
+    fmt: str, row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...], rows: int
+) -> tuple:
+    """Gather spec ``((row mode, axis) or (-1, -1) per factor)`` and contraction steps for ``rows`` lookups.
+
+    The steps contract the gathered slices (each with a leading row index ``b``) and the column
+    factors into ``(rows, *col_shape)``; planned by ``opt_einsum`` at the power-of-two bucket of
+    ``rows`` and cached. A constant under ``torch.compile``.
+    """
+    return _embedding_plan(fmt, row_shape, col_shape, ranks, rows)
+
+
+def _resolve_shape(n: int, given: Sequence[int] | None, default_modes: int | None, name: str, what: str):
+    if given is None:
+        return (n,) if default_modes is None else tensorized_shape(n, default_modes)
+    shape = tuple(int(s) for s in given)
+    if not shape or any(s < 1 for s in shape) or math.prod(shape) < n:
+        raise ValueError(
+            f"{name}={shape} must be positive ints whose product covers {what} = {n}; got product "
+            f"{math.prod(shape) if shape else 0}"
+        )
+    return shape
+
+
+class TensorizedEmbedding(TensorizedModule):
+    """An embedding table or embedding bag whose ``(V, D)`` table is stored in a tensor format.
+
+    Behaves like :class:`torch.nn.Embedding` when ``mode`` is ``None`` and like
+    :class:`torch.nn.EmbeddingBag` when ``mode`` is ``"sum"`` or ``"mean"``, but only the rows a
+    batch addresses are ever computed.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim
+        ``V`` and ``D``.
+    format
+        ``"cp"``, ``"tucker"``, ``"tt"`` (default) or ``"ttm"``.
+    max_rank
+        Int or per-bond sequence.
+    row_shape
+        Row modes, product ``≥ V`` (e.g. ``(200, 220, 250)`` for 10,131,227 rows); balanced
+        (padded if needed) when ``None``.
+    col_shape
+        Column modes, product ``≥ D``. Default: ``(D,)`` (one column mode, as in TT-Rec) for CP,
+        Tucker and TT; balanced modes of the same count as ``row_shape`` for TTM.
+    mode
+        ``None`` (embedding), ``"sum"`` or ``"mean"`` (bag).
+    padding_idx
+        Row that reads as zeros and passes no gradient (for bags: left out of the reduction, as
+        in ``nn.EmbeddingBag``).
+    include_last_offset
+        As in :class:`torch.nn.EmbeddingBag`.
+    method, prior, prior_kwargs, rank_update, em_step
+        Bayesian rank determination, as for :class:`~bayestensor.layers.TensorizedLinear`.
+    init_std
+        Target std of the table entries; default 1 (as ``nn.Embedding``'s ``N(0, 1)``).
+    dedup
+        Compute each distinct id once per batch (skipped under ``torch.compile``, whose graphs
+        need static shapes).
+    validate
+        Check ids and offsets in eager mode (one host sync); never done under ``torch.compile``.
+
+    Examples
+    --------
+    >>> emb = TensorizedEmbedding(1000, 16, max_rank=4)
+    >>> emb(torch.tensor([[1, 2], [999, 0]])).shape
+    torch.Size([2, 2, 16])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        format: str = "tt",
+        max_rank: RankSpec = 16,
+        row_shape: Sequence[int] | None = None,
+        col_shape: Sequence[int] | None = None,
+        mode: str | None = None,
+        padding_idx: int | None = None,
+        include_last_offset: bool = False,
+        method: str | None = None,
+        prior: str = "half_cauchy",
+        prior_kwargs: dict[str, float] | None = None,
+        rank_update: str = "em",
+        em_step: float = 1.0,
+        init_std: float | None = None,
+        dedup: bool = True,
+        validate: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, n in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx must be within [-{num_embeddings}, {num_embeddings}), got {padding_idx}")
+            padding_idx %= num_embeddings
+        fmt = get_format(format)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.mode, self.padding_idx, self.include_last_offset = mode, padding_idx, bool(include_last_offset)
+        self.dedup, self.validate = bool(dedup), bool(validate)
+        self.row_shape = _resolve_shape(num_embeddings, row_shape, fmt.default_modes, "row_shape", "num_embeddings")
+        col_modes = len(self.row_shape) if fmt.paired_modes else None
+        self.col_shape = _resolve_shape(embedding_dim, col_shape, col_modes, "col_shape", "embedding_dim")
+        fmt.check_shapes(self.row_shape, self.col_shape)
+        self.weight = FactorizedTensor(
+            fmt.name,
+            self.row_shape,
+            self.col_shape,
+            max_rank,
+            method=method,
+            prior=prior,
+            prior_kwargs=prior_kwargs,
+            rank_update=rank_update,
+            em_step=em_step,
+            init_std=1.0 if init_std is None else init_std,
+            device=device,
+            dtype=dtype,
+        )
+
+    @property
+    def format(self) -> str:
+        """Name of the tensor format."""
+        return self.weight.fmt.name
+
+    def full_weight(self) -> Tensor:
+        """The dense ``(V, D)`` table (posterior mean). Materialises the table: for tests and export only."""
+        w = reconstruct_matrix(
+            self.format, list(self.weight.factors), self.row_shape, self.col_shape, tuple(self.weight.ranks)
+        )
+        return w[: self.num_embeddings, : self.embedding_dim]
+
+    # ------------------------------------------------------------------ rows
+    def rows(self, ids: Tensor, factors: Sequence[Tensor] | None = None) -> Tensor:
+        """Rows ``E[ids]`` of the table for a 1-D tensor of (valid) ids, shape ``(len(ids), D)``."""
+        factors = self.weight.tensors() if factors is None else factors
+        n = ids.shape[0]
+        digits = []
+        rem = ids
+        for size in reversed(self.row_shape):  # mixed radix, last mode fastest
+            digits.append(rem % size)
+            rem = torch.div(rem, size, rounding_mode="floor")
+        digits.reverse()
+        if self.format in ("tt", "ttm"):
+            out = (self._tt_rows if self.format == "tt" else self._ttm_rows)(factors, digits, n)
+            return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
+        gathers, steps = embedding_plan(
+            self.format, self.row_shape, self.col_shape, tuple(self.weight.ranks), int(n) if n > 0 else 1
+        )
+        ops = []
+        for t, (mode, axis) in zip(factors, gathers, strict=True):
+            if mode < 0:
+                ops.append(t)
+            else:
+                ops.append(t.movedim(axis, 0).index_select(0, digits[mode]))  # (n, other axes)
+        out = run_steps(steps, ops)  # (n, c_1, ..., c_d)
+        out = out.reshape(n, math.prod(self.col_shape))
+        return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
+
+    def _tt_rows(self, factors: Sequence[Tensor], digits: list[Tensor], n: int) -> Tensor:
+        r"""TT rows as a chain of vector-matrix products (TT-Rec), with the first two cores pre-merged.
+
+        With row cores ``G_1..G_d`` and column cores ``H_1..H_c``,
+        ``E[v] = G_1[v_1] G_2[v_2] ⋯ G_d[v_d] · C`` where ``C = H_1 ⋯ H_c`` is ``(r_d, D)``. When
+        ``n_1 n_2 ≤ 4 n`` the pair ``L = G_1 G_2`` (``(n_1 n_2, r_2)``, one GEMM) is formed first,
+        so a lookup starts from a row of ``L``. Each remaining step is an elementwise product and
+        a sum over ``r`` (faster than ``n`` tiny batched GEMMs on CPU).
+        """
+        d = len(self.row_shape)
+        rows, cols = list(factors[:d]), list(factors[d:])
+        c = cols[0]  # (r_d, c_1, r)
+        for h in cols[1:]:
+            c = torch.tensordot(c, h, dims=1)  # (r_d, c_1, ..., c_k, r)
+        c = c.reshape(c.shape[0], -1)  # (r_d, D_pad)
+        n1 = self.row_shape[0]
+        if d >= 2 and n1 * self.row_shape[1] <= 4 * max(n, 1):
+            n2 = self.row_shape[1]
+            g1 = rows[0].reshape(n1, -1)  # (n_1, r_1)
+            merged = (g1 @ rows[1].reshape(g1.shape[1], -1)).reshape(n1 * n2, -1)  # (n_1 n_2, r_2)
+            v = merged.index_select(0, digits[0] * n2 + digits[1])  # (n, r_2)
+            start = 2
+        else:
+            v = rows[0][0].index_select(0, digits[0])  # (n, r_1)
+            start = 1
+        for k in range(start, d):
+            g = rows[k].permute(1, 0, 2).index_select(0, digits[k])  # (n, r_{k-1}, r_k)
+            v = (v.unsqueeze(-1) * g).sum(1)  # (n, r_k)
+        return v @ c  # (n, r_d) @ (r_d, D_pad) -> (n, D_pad)
+
+    def _ttm_rows(self, factors: Sequence[Tensor], digits: list[Tensor], n: int) -> Tensor:
+        r"""TTM rows as a chain of batched GEMMs, with the last two cores pre-merged when that is cheaper.
+
+        Core ``k`` gathered at ``v_k`` is ``(r_{k-1}, c_k r_k)``; the state ``S`` of shape
+        ``(n, c_1⋯c_k, r_k)`` advances as ``S ← S · G_{k+1}[v_{k+1}]``. When
+        ``m_{d-1} m_d ≤ 4 n`` the pair ``R = G_{d-1} G_d`` (``(m_{d-1} m_d, r_{d-2}, c_{d-1} c_d)``)
+        is formed once, so each lookup does one GEMM fewer and gathers one slice fewer.
+        """
+        d = len(self.row_shape)
+        cores = [g.permute(1, 0, 2, 3) for g in factors]  # (m_k, r_{k-1}, c_k, r_k)
+        idx = list(digits)
+        if d >= 3 and self.row_shape[-2] * self.row_shape[-1] <= TTM_MERGE * max(n, 1):
+            a, b = cores[-2], cores[-1]
+            ma, mb = a.shape[0], b.shape[0]
+            merged = torch.einsum("mrcs,nsdt->mnrcdt", a, b)  # (m_{d-1}, m_d, r, c_{d-1}, c_d, r_d)
+            merged = merged.reshape(ma * mb, a.shape[1], a.shape[2] * b.shape[2], b.shape[3])
+            cores = cores[:-2] + [merged]
+            idx = idx[:-2] + [idx[-2] * mb + idx[-1]]
+        s = None
+        for g, i in zip(cores, idx, strict=True):
+            gi = g.index_select(0, i)  # (n, r_{k-1}, c_k, r_k)
+            if s is None:
+                s = gi.reshape(n, gi.shape[2], gi.shape[3])  # (n, c_1, r_1)
+            else:
+                s = torch.bmm(s, gi.reshape(n, gi.shape[1], -1))  # (n, A, r) @ (n, r, c r') -> (n, A, c r')
+                s = s.reshape(n, -1, gi.shape[3])  # (n, A c, r')
+        return s.reshape(n, -1)  # (n, D_pad)
+
+    # ------------------------------------------------------------------ validation
+    def _check(self, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None) -> None:
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"indices must be int64 or int32, got {indices.dtype}")
+        if self.mode is None:
+            if offsets is not None or per_sample_weights is not None:
+                raise ValueError("offsets and per_sample_weights need mode='sum' or 'mean'; this layer has mode=None")
+        else:
+            if indices.dim() == 2:
+                if offsets is not None:
+                    raise ValueError("offsets must be None when indices is 2-D (fixed-length bags)")
+            elif indices.dim() == 1:
+                if offsets is None:
+                    raise ValueError("1-D indices need offsets (the start of every bag)")
+                if offsets.dim() != 1 or offsets.dtype not in (torch.int64, torch.int32):
+                    raise ValueError(f"offsets must be a 1-D int tensor, got {offsets.dim()}-D {offsets.dtype}")
+            else:
+                raise ValueError(f"indices must be 1-D (with offsets) or 2-D for a bag, got {indices.dim()}-D")
+            if per_sample_weights is not None:
+                if self.mode == "mean":
+                    raise ValueError("per_sample_weights is only supported with mode='sum', got mode='mean'")
+                if per_sample_weights.shape != indices.shape:
+                    raise ValueError(
+                        f"per_sample_weights must have the shape of indices {tuple(indices.shape)}, "
+                        f"got {tuple(per_sample_weights.shape)}"
+                    )
+        if torch.compiler.is_compiling() or not self.validate:
+            return
+        if indices.numel():
+            bad = (indices < 0) | (indices >= self.num_embeddings)
+            if bool(bad.any()):
+                pos = bad.flatten().nonzero()[0, 0].item()
+                value = indices.flatten()[pos].item()
+                where = tuple(int(i) for i in torch.unravel_index(torch.tensor(pos), indices.shape))
+                raise IndexError(
+                    f"index {value} at position {where} is out of range for num_embeddings={self.num_embeddings}"
+                )
+        if offsets is not None and offsets.numel():
+            n = indices.numel()
+            if int(offsets[0]) != 0:
+                raise ValueError(f"offsets[0] must be 0, got {int(offsets[0])}")
+            steps = offsets[1:] - offsets[:-1]
+            if bool((steps < 0).any()):
+                k = int((steps < 0).nonzero()[0, 0]) + 1
+                raise ValueError(
+                    f"offsets must be non-decreasing; offsets[{k}]={int(offsets[k])} < "
+                    f"offsets[{k - 1}]={int(offsets[k - 1])}"
+                )
+            if int(offsets[-1]) > n:
+                raise ValueError(f"offsets[-1]={int(offsets[-1])} exceeds the number of indices {n}")
+            if self.include_last_offset and int(offsets[-1]) != n:
+                raise ValueError(
+                    f"with include_last_offset=True, offsets[-1] must equal the number of indices {n}, "
+                    f"got {int(offsets[-1])}"
+                )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, indices: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
+        """Look up (``mode=None``: shape ``(*indices.shape, D)``) or pool bags (shape ``(bags, D)``)."""
+        self._check(indices, offsets, per_sample_weights)
+        flat = indices.reshape(-1).long()
+        dedup = self.dedup and not torch.compiler.is_compiling()
+        if dedup:
+            uniq, inverse = torch.unique(flat, return_inverse=True)  # each distinct id computed once
+        else:
+            uniq, inverse = flat, torch.arange(flat.shape[0], device=flat.device)
+        table = self.rows(uniq)  # (U, D)
+        pad = self.padding_idx
+        if self.mode is None:
+            if pad is not None:
+                table = table * (uniq != pad).unsqueeze(-1).to(table.dtype)  # zero row, zero gradient
+            out = F.embedding(inverse, table) if dedup else table  # (N, D)
+            return out.reshape(*indices.shape, self.embedding_dim)
+        if pad is not None:
+            # an extra zero row at position U stands for padding_idx; embedding_bag leaves it out
+            table = torch.cat([table, table.new_zeros(1, self.embedding_dim)])
+            inverse = torch.where(flat == pad, table.shape[0] - 1, inverse)
+            pad = table.shape[0] - 1
+        if indices.dim() == 2:
+            inverse = inverse.reshape(indices.shape)
+            if per_sample_weights is not None:
+                per_sample_weights = per_sample_weights.reshape(indices.shape)
+        return F.embedding_bag(
+            inverse,
+            table,
+            offsets,
+            mode=self.mode,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=self.include_last_offset,
+            padding_idx=pad,
+        )
+
+    def dense_params(self) -> int:  # noqa: D102
+        return self.num_embeddings * self.embedding_dim
+
+    @classmethod
+    def from_dense(cls, embedding, **kwargs) -> TensorizedEmbedding:
+        """Compress a trained ``nn.Embedding`` / ``nn.EmbeddingBag``; see :mod:`bayestensor.conversion`."""
+        from ..conversion.from_dense import embedding_from_dense
+
+        return embedding_from_dense(embedding, **kwargs)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, row_shape={self.row_shape}, col_shape={self.col_shape}, "
+            f"mode={self.mode!r}, padding_idx={self.padding_idx}"
+        )

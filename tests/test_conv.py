@@ -1,0 +1,148 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bayestensor as bt
+from _oracle import tensorly_full
+from bayestensor.layers.conv import TensorizedConv2d
+
+FORMATS = ["tt", "ttm", "tucker", "cp"]
+D = torch.float64
+
+
+def make(fmt, cin=6, cout=10, k=3, rank=3, **kw):
+    torch.manual_seed(0)
+    return TensorizedConv2d(cin, cout, k, format=fmt, max_rank=rank, dtype=D, **kw)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_full_weight_matches_tensorly(fmt):
+    m = make(fmt, k=(3, 2))
+    full = torch.from_numpy(tensorly_full(fmt, m.weight.factors))  # (*out modes, kh·kw, *in modes)
+    kernel = full.reshape(10, 3, 2, 6).permute(0, 3, 1, 2)  # documented layout: W[o, (s, i)]
+    torch.testing.assert_close(m.full_weight(), kernel)
+    assert m.full_weight().shape == (10, 6, 3, 2)
+
+
+CONFIGS = [
+    dict(k=3, stride=1, padding=1, dilation=1),
+    dict(k=(3, 1), stride=(2, 1), padding=(0, 2), dilation=1),
+    dict(k=5, stride=2, padding=2, dilation=(1, 2)),
+    dict(k=1, stride=1, padding=0, dilation=1),
+    dict(k=(1, 3), stride=3, padding="valid", dilation=2),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["factorized", "reconstruct"])
+@pytest.mark.parametrize("cfg", range(len(CONFIGS)))
+def test_matches_conv2d(fmt, strategy, cfg):
+    c = dict(CONFIGS[cfg])
+    k = c.pop("k")
+    m = make(fmt, cin=7, cout=5, k=k, strategy=strategy, **c)  # 7 and 5 factor badly: padded modes
+    x = torch.randn(3, 7, 11, 9, dtype=D)
+    pad = 0 if c["padding"] == "valid" else c["padding"]
+    ref = F.conv2d(x, m.full_weight(), m.bias, c["stride"], pad, c["dilation"])
+    torch.testing.assert_close(m(x), ref)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_groups_reconstruct(fmt):
+    m = make(fmt, cin=8, cout=12, groups=4, padding=1)
+    assert m.full_weight().shape == (12, 2, 3, 3)
+    x = torch.randn(2, 8, 6, 6, dtype=D)
+    torch.testing.assert_close(m(x), F.conv2d(x, m.full_weight(), m.bias, 1, 1, 1, 4))
+    with pytest.raises(ValueError, match=f"groups=4 with format '{fmt}'"):
+        make(fmt, cin=8, cout=12, groups=4, strategy="factorized")
+
+
+def test_unbatched_and_no_bias():
+    m = make("tt", bias=False, padding=1)
+    x = torch.randn(6, 5, 5, dtype=D)
+    torch.testing.assert_close(m(x), F.conv2d(x[None], m.full_weight(), None, 1, 1)[0])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["factorized", "reconstruct"])
+def test_gradcheck(fmt, strategy):
+    torch.manual_seed(1)
+    m = TensorizedConv2d(2, 3, 3, stride=2, padding=1, format=fmt, max_rank=2, strategy=strategy, dtype=D)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(1, 2, 4, 4, dtype=D, requires_grad=True)
+
+    def f(x, *ps):
+        return torch.func.functional_call(m, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
+def test_bad_inputs():
+    m = make("tt", k=5)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        m(torch.randn(1, 6, 4, 8, dtype=D))
+    with pytest.raises(ValueError, match=r"expected input of shape \(batch, 6, H, W\)"):
+        m(torch.randn(1, 5, 8, 8, dtype=D))
+    with pytest.raises(ValueError, match="dtype"):
+        m(torch.randn(1, 6, 8, 8))
+    with pytest.raises(ValueError, match="padding"):
+        make("tt", padding="same")
+    with pytest.raises(ValueError, match="divisible by groups"):
+        make("tt", cin=6, cout=10, groups=4)
+    with pytest.raises(ValueError, match="in_shape"):
+        make("tt", in_shape=(2, 2))
+    with pytest.raises(ValueError, match="strategy"):
+        make("tt", strategy="fast")
+
+
+def test_model_utilities_and_prune():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TensorizedConv2d(4, 8, 3, padding=1, format="tucker", max_rank=4, method="map"))
+    conv = model[0]
+    assert bt.dense_params(model) == 8 * 4 * 9 + 8
+    assert bt.count_params(model) == conv.weight.n_params() + 8
+    assert bt.prior_loss(model).isfinite()
+    x = torch.randn(2, 4, 6, 6)
+    before = model(x)
+    with torch.no_grad():  # make one rank component of the first bond negligible
+        conv.weight.factors[1][:, 0] *= 1e-6
+        conv.weight.rank_variance_0[0] = 1e-12
+    before = model(x)
+    report = bt.prune(model)
+    assert report.changed and bt.ranks(model)["0"][0] == conv.weight.initial_ranks[0] - 1
+    after = model(x)
+    assert (after - before).norm() <= 0.01 * before.norm()
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    m = TensorizedConv2d(8, 8, 3, padding=1, format="tt", max_rank=4)
+    x = torch.randn(2, 8, 6, 6)
+    for strategy in ("factorized", "reconstruct"):
+        torch._dynamo.reset()
+        m.strategy = strategy
+        compiled = torch.compile(m, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), m(x))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bfloat16_forward(fmt):
+    torch.manual_seed(0)
+    m = TensorizedConv2d(8, 8, 3, padding=1, format=fmt, max_rank=4)
+    x = torch.randn(2, 8, 6, 6)
+    ref = m(x)
+    out = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).norm() <= 0.05 * ref.norm()
+
+
+def test_tucker_two_conv_is_chosen_for_low_rank():
+    # Tucker-2 style: ranks far below the channel count -> the factorized sequence wins
+    m = TensorizedConv2d(64, 64, 3, padding=1, format="tucker", max_rank=[8, 9, 8], in_shape=(64,), out_shape=(64,))
+    from bayestensor.layers.conv import conv_plan
+
+    chosen, costs, split = conv_plan("tucker", m.tensor_out_shape, m.tensor_in_shape, tuple(m.weight.ranks), 8, 64, 64)
+    assert chosen == "factorized" and split.sizes[3] == 8 and costs["factorized"] < costs["reconstruct"]
+    assert math.isfinite(costs["reconstruct"])

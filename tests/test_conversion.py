@@ -1,0 +1,220 @@
+import math
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from tensorly.decomposition import tucker as tl_tucker
+from torch import nn
+
+import bayestensor as bt
+from _oracle import tensorly_full
+from bayestensor.conversion import (
+    cp_als,
+    decompose,
+    format_summary,
+    hooi,
+    tensorize,
+    tt_svd,
+    ttm_svd,
+)
+from bayestensor.layers.conv import TensorizedConv2d
+from bayestensor.layers.embedding import TensorizedEmbedding
+from bayestensor.layers.linear import TensorizedLinear
+
+FORMATS = ["tt", "ttm", "tucker", "cp"]
+D = torch.float64
+
+
+# ---------------------------------------------------------------- decompositions
+def test_tt_svd_exact_and_truncated():
+    torch.manual_seed(0)
+    t = torch.randn(3, 4, 5, 2, dtype=D)
+    cores = tt_svd(t, [100, 100, 100])
+    np.testing.assert_allclose(tl.tt_to_tensor([c.numpy() for c in cores]), t.numpy(), atol=1e-12)
+    # truncation error obeys the TT-SVD bound sqrt(sum of discarded squared singular values)
+    cores = tt_svd(t, [2, 3, 2])
+    approx = torch.from_numpy(tl.tt_to_tensor([c.numpy() for c in cores]))
+    err = (approx - t).norm()
+    bound = 0.0
+    rest, r = t, 1
+    for k, rk in enumerate([2, 3, 2]):
+        s = torch.linalg.svdvals(rest.reshape(r * t.shape[k], -1))
+        bound += float(s[rk:].square().sum())
+        u, s_, vh = torch.linalg.svd(rest.reshape(r * t.shape[k], -1), full_matrices=False)
+        rest, r = s_[:rk, None] * vh[:rk], rk
+    assert err <= math.sqrt(bound) + 1e-10
+
+
+def test_ttm_svd_exact():
+    torch.manual_seed(0)
+    t = torch.randn(2, 3, 4, 5, dtype=D)  # out (2, 3), in (4, 5)
+    cores = ttm_svd(t, (2, 3), (4, 5), [100])
+    np.testing.assert_allclose(tl.tt_matrix_to_tensor([c.numpy() for c in cores]), t.numpy(), atol=1e-12)
+
+
+def test_hooi_matches_tensorly_error():
+    torch.manual_seed(0)
+    t = torch.randn(6, 5, 7, dtype=D)
+    core, factors = hooi(t, [3, 3, 3])
+    ours = (torch.from_numpy(tl.tucker_to_tensor((core.numpy(), [f.numpy() for f in factors]))) - t).norm()
+    ref_core, ref_f = tl_tucker(t.numpy(), rank=[3, 3, 3], init="svd", n_iter_max=100)
+    ref = np.linalg.norm(tl.tucker_to_tensor((ref_core, ref_f)) - t.numpy())
+    assert float(ours) <= ref * 1.01
+
+
+def test_cp_als_recovers_low_rank():
+    torch.manual_seed(0)
+    factors = [torch.randn(n, 2, dtype=D) for n in (5, 6, 4)]
+    t = torch.from_numpy(tl.cp_to_tensor((np.ones(2), [f.numpy() for f in factors])))
+    est = cp_als(t, 2, n_iter=500, tol=1e-14)
+    approx = torch.from_numpy(tl.cp_to_tensor((np.ones(2), [f.numpy() for f in est])))
+    assert (approx - t).norm() / t.norm() < 1e-6
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_decompose_full_rank_exact(fmt):
+    torch.manual_seed(0)
+    out_shape, in_shape = (2, 3), (3, 2)
+    t = torch.randn(*out_shape, *in_shape, dtype=D)
+    f = bt.get_format(fmt)
+    ranks = f.full_ranks(out_shape, in_shape)
+    factors = decompose(fmt, t, out_shape, in_shape, ranks)
+    np.testing.assert_allclose(tensorly_full(fmt, factors), t.numpy(), atol=1e-10)
+
+
+# ---------------------------------------------------------------- from_dense
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_linear_from_dense_round_trip(fmt):
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 10).double()
+    layer = TensorizedLinear.from_dense(lin, format=fmt, max_rank=10_000)
+    x = torch.randn(4, 12, dtype=D)
+    torch.testing.assert_close(layer(x), lin(x))
+    assert layer.reconstruction_error < 1e-12
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_from_dense_round_trip(fmt, groups):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, (3, 2), stride=2, padding=1, groups=groups).double()
+    layer = TensorizedConv2d.from_dense(conv, format=fmt, max_rank=10_000)
+    x = torch.randn(2, 6, 7, 7, dtype=D)
+    torch.testing.assert_close(layer(x), conv(x))
+    torch.testing.assert_close(layer.full_weight(), conv.weight)
+    assert layer.reconstruction_error < 1e-12
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_embedding_from_dense_round_trip(fmt):
+    torch.manual_seed(0)
+    emb = nn.Embedding(37, 6, padding_idx=4).double()
+    bag = nn.EmbeddingBag(37, 6, mode="mean").double()
+    ids = torch.tensor([4, 0, 36, 5, 5, 20])
+    layer = TensorizedEmbedding.from_dense(emb, format=fmt, max_rank=10_000)
+    torch.testing.assert_close(layer(ids), emb(ids))
+    assert layer.padding_idx == 4 and layer.reconstruction_error < 1e-12
+    layer = TensorizedEmbedding.from_dense(bag, format=fmt, max_rank=10_000)
+    offsets = torch.tensor([0, 2])
+    torch.testing.assert_close(layer(ids, offsets), bag(ids, offsets))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_low_rank_error_is_reported(fmt):
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 16).double()
+    layer = TensorizedLinear.from_dense(lin, format=fmt, max_rank=2, n_iter=50)
+    with torch.no_grad():
+        true = float((layer.full_weight() - lin.weight).norm() / lin.weight.norm())
+    assert 0.05 < layer.reconstruction_error < 1.0
+    assert layer.reconstruction_error == pytest.approx(true, rel=1e-9)
+
+
+def test_from_dense_bad_input():
+    with pytest.raises(TypeError, match="nn.Linear"):
+        TensorizedLinear.from_dense(nn.Conv2d(2, 2, 1))
+    with pytest.raises(ValueError, match="padding_mode"):
+        TensorizedConv2d.from_dense(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="mode='max'"):
+        TensorizedEmbedding.from_dense(nn.EmbeddingBag(10, 2, mode="max"))
+
+
+# ---------------------------------------------------------------- tensorize
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(60, 8, mode="sum")
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2)
+        self.head = nn.Sequential(nn.Linear(8 * 3 * 3 + 8, 24), nn.ReLU(), nn.Linear(24, 5))
+
+    def forward(self, x, ids, offsets):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).flatten(1)
+        return self.head(torch.cat([h, self.emb(ids, offsets)], 1))
+
+
+@pytest.mark.parametrize("fmt", ["ttm", "tt"])
+def test_tensorize_full_rank_equals_original(fmt):
+    torch.manual_seed(0)
+    net = Net().double()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    ids, offsets = torch.tensor([1, 59, 3, 3, 7]), torch.tensor([0, 3])
+    before = net(x, ids, offsets)
+    model, summary = tensorize(net, format=fmt, max_rank=10_000, min_params=100)
+    assert [r["layer"] for r in summary] == ["emb", "conv1", "conv2", "head.0", "head.2"]
+    assert isinstance(model.conv1, TensorizedConv2d) and isinstance(model.emb, TensorizedEmbedding)
+    assert isinstance(model.head[0], TensorizedLinear)
+    torch.testing.assert_close(model(x, ids, offsets), before)
+    for row in summary:
+        assert row["format"] == fmt and row["rel_error"] < 1e-12 and row["params_before"] > 0
+    assert "total:" in format_summary(summary)
+
+
+def test_tensorize_filters_and_min_params():
+    torch.manual_seed(0)
+    net = Net()
+    _, summary = tensorize(net, max_rank=4, min_params=300, exclude="head.*")
+    assert [r["layer"] for r in summary] == ["emb", "conv2"]
+    assert isinstance(net.head[0], nn.Linear) and isinstance(net.conv1, nn.Conv2d)
+    net = Net()
+    _, summary = tensorize(net, max_rank=4, min_params=0, include=["head"])
+    assert [r["layer"] for r in summary] == ["head.0", "head.2"]
+    assert bt.count_params(net) < sum(p.numel() for p in Net().parameters())
+
+
+def test_tensorize_warns_when_nothing_eligible():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.warns(UserWarning, match="no eligible layer"):
+        model, summary = tensorize(net)
+    assert model is net and summary == [] and isinstance(net[0], nn.Linear)
+
+
+# ---------------------------------------------------------------- ARD warm start
+def test_ard_warm_start_keeps_shrinking_ranks():
+    """Decompose a trained layer at a generous rank, then MAP training with the prior prunes ranks."""
+    torch.manual_seed(0)
+    n_in = n_out = 16
+    # the "trained" dense layer: TT rank 2 in the (4, 4) x (4, 4) TTM view, plus a little noise
+    teacher_t = TensorizedLinear(n_in, n_out, format="ttm", max_rank=2, in_shape=(4, 4), out_shape=(4, 4), bias=False)
+    dense = nn.Linear(n_in, n_out, bias=False)
+    with torch.no_grad():
+        dense.weight.copy_(teacher_t.full_weight() + 0.01 * torch.randn(n_out, n_in))
+    layer = TensorizedLinear.from_dense(
+        dense, format="ttm", max_rank=12, method="map", in_shape=(4, 4), out_shape=(4, 4)
+    )
+    start_rank = layer.weight.ranks[0]
+    assert start_rank == 12
+    x = torch.randn(512, n_in)
+    y = dense(x).detach()
+    opt = torch.optim.Adam(layer.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = (layer(x) - y).square().mean() + bt.prior_loss(layer) / len(x)
+        loss.backward()
+        opt.step()
+    bt.prune(layer, threshold=1e-2, optimizer=opt)
+    print("ranks after warm-started ARD:", layer.weight.ranks)
+    assert 2 <= layer.weight.ranks[0] < start_rank
+    err = (layer(x) - y).square().mean() / y.square().mean()
+    assert err < 0.05
