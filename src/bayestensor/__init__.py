@@ -3,6 +3,7 @@
 Importing the package registers the built-in formats and priors and changes no global state.
 """
 
+from .conversion import format_summary, from_dense, tensorize
 from .formats import available_formats, get_format
 from .inference import (
     expected_calibration_error,
@@ -13,7 +14,7 @@ from .inference import (
     prune,
     ranks,
 )
-from .layers import TensorizedLinear
+from .layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
 from .priors import available_priors, get_prior
 from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_params
 
@@ -21,6 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FactorizedTensor",
+    "TensorizedConv2d",
+    "TensorizedEmbedding",
     "TensorizedLinear",
     "TensorizedModule",
     "__version__",
@@ -29,6 +32,8 @@ __all__ = [
     "count_params",
     "dense_params",
     "expected_calibration_error",
+    "format_summary",
+    "from_dense",
     "get_format",
     "get_prior",
     "kl_weight",
@@ -37,4 +42,5 @@ __all__ = [
     "prior_loss",
     "prune",
     "ranks",
+    "tensorize",
 ]
