@@ -7,12 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..functional import reconstruct_matrix
 from ..formats import get_format
+from ..functional import reconstruct_matrix
 
 
-def planted_teacher(format: str, out_shape: Sequence[int], in_shape: Sequence[int], ranks: Sequence[int],
-                    seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
+def planted_teacher(
+    format: str,
+    out_shape: Sequence[int],
+    in_shape: Sequence[int],
+    ranks: Sequence[int],
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """A random ``(prod(out_shape), prod(in_shape))`` matrix of exactly the given ranks in ``format``.
 
     Factors are i.i.d. Gaussian scaled so the entries have unit variance; the result is then
@@ -25,8 +31,10 @@ def planted_teacher(format: str, out_shape: Sequence[int], in_shape: Sequence[in
         raise ValueError(f"planted ranks {list(ranks)} exceed the full ranks {fmt.full_ranks(out_shape, in_shape)}")
     gen = torch.Generator().manual_seed(seed)
     stds = fmt.factor_stds(1.0, out_shape, in_shape, r)
-    factors = [torch.randn(s, generator=gen, dtype=dtype) * sd
-               for s, sd in zip(fmt.factor_shapes(out_shape, in_shape, r), stds, strict=True)]
+    factors = [
+        torch.randn(s, generator=gen, dtype=dtype) * sd
+        for s, sd in zip(fmt.factor_shapes(out_shape, in_shape, r), stds, strict=True)
+    ]
     w = reconstruct_matrix(fmt.name, factors, out_shape, in_shape, tuple(r))
     return w / w.pow(2).mean().sqrt()
 

@@ -35,7 +35,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
-    kl_weight: float = 0.3
+    kl_weight: float = 0.2
     no_kl_epochs: int = 2
     warmup_epochs: int = 10
     prune_every: int = 5
@@ -108,8 +108,10 @@ def merge(cfg: Any, data: dict[str, Any], prefix: str = "") -> None:
     unknown = sorted(set(data) - set(known))
     if unknown:
         where = f"section [{prefix[:-1]}]" if prefix else "the top level"
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
-                          f"expected one of: {', '.join(prefix + k for k in known)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+            f"expected one of: {', '.join(prefix + k for k in known)}"
+        )
     for key, value in data.items():
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
@@ -163,6 +165,7 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
 
 def dump_toml(data: dict[str, Any]) -> str:
     """Write a nested dict of scalars, dicts of numbers and sections as TOML."""
+
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"

@@ -174,8 +174,12 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     t0 = time.perf_counter() - elapsed
     for epoch in range(start, cfg.train.epochs):
         model.train()
-        beta = kl_weight(epoch, no_kl_epochs=cfg.train.no_kl_epochs, warmup_epochs=cfg.train.warmup_epochs,
-                         max_weight=cfg.train.kl_weight)
+        beta = kl_weight(
+            epoch,
+            no_kl_epochs=cfg.train.no_kl_epochs,
+            warmup_epochs=cfg.train.warmup_epochs,
+            max_weight=cfg.train.kl_weight,
+        )
         gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
         perm = torch.randperm(n_train, generator=gen).to(device)
         total, total_prior, batches = 0.0, 0.0, 0
@@ -209,9 +213,18 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         }
         history.append(row)
         save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": None, "epoch": epoch,
-             "history": history, "rng": _rng_state(), "config": cfg.to_dict(), "elapsed": row["seconds"],
-             "initial_ranks": initial_ranks, "initial_params": initial_params},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None,
+                "epoch": epoch,
+                "history": history,
+                "rng": _rng_state(),
+                "config": cfg.to_dict(),
+                "elapsed": row["seconds"],
+                "initial_ranks": initial_ranks,
+                "initial_params": initial_params,
+            },
             ckpt_path,
         )
         with (run_dir / "metrics.jsonl").open("a") as fh:

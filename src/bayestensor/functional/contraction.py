@@ -315,9 +315,7 @@ class _TwoStageProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, xm: Tensor, spm: Tensor, sqm: Tensor, batch: int, sizes: tuple[int, int, int, int, int]
-    ) -> Tensor:
+    def forward(ctx, xm: Tensor, spm: Tensor, sqm: Tensor, batch: int, sizes: tuple[int, int, int, int, int]) -> Tensor:
         t = _waist(xm @ spm, batch, sizes)  # (B·X2, X1) @ (X1, O1·K) -> (B·O1, X2·K)
         ctx.meta = (batch, sizes)
         ctx.save_for_backward(xm, spm, sqm)

@@ -39,8 +39,8 @@ from ..priors import get_prior
 METHODS = (None, "map", "svi")
 RANK_UPDATES = ("em", "gradient")
 
-#: Default relative pruning threshold: rank index r of a bond is inactive when
-#: ``λ_r < threshold · max_r λ_r``.
+#: Default relative pruning threshold: rank component r of a bond is inactive when its
+#: contribution to the weight ``c_r < threshold · max_r c_r`` (see ``FactorizedTensor.contributions``).
 DEFAULT_PRUNE_THRESHOLD = 1e-3
 #: Initial posterior std of SVI factors, relative to the factor's initial std.
 SVI_INIT_SCALE = 1e-2
@@ -48,6 +48,11 @@ SVI_INIT_SCALE = 1e-2
 
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
+
+
+def _inverse_softplus_tensor(std: Tensor) -> Tensor:
+    """``ρ`` with ``softplus(ρ) = std`` (identity above 20, where softplus is)."""
+    return torch.where(std > 20, std, std.expm1().clamp_min(1e-30).log())
 
 
 class FactorizedTensor(nn.Module):
@@ -214,15 +219,31 @@ class FactorizedTensor(nn.Module):
             lam.copy_(new.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5))
 
     # ------------------------------------------------------------------ pruning
+    @torch.no_grad()
+    def contributions(self) -> list[Tensor]:
+        r"""Per bond, the size of each rank component in the weight: ``c_r = Π_{(f,a)} ‖slice_r(G_f, a)‖``.
+
+        For a CP component this is exactly its Frobenius norm ``Π_n ‖u_{n,r}‖``; for a TT/TTM or
+        Tucker bond in the SVD gauge of :meth:`regauge_` it is the bond's singular value ``s_r``.
+        """
+        out = []
+        for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
+            c = torch.ones(self.ranks[group.bond], dtype=torch.float64, device=self.factors[0].device)
+            for f, axis in group.members:
+                g = self.factors[f].detach().to(torch.float64)
+                c = c * g.square().sum(dim=[d for d in range(g.dim()) if d != axis]).sqrt()
+            out.append(c)
+        return out
+
     def active_masks(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> list[Tensor]:
-        """Per bond, which rank indices are active: ``λ_r ≥ threshold · max λ`` (at least one kept)."""
-        if self.method is None:
-            return [torch.ones(r, dtype=torch.bool, device=self.factors[0].device) for r in self.ranks]
+        """Per bond, the active rank indices: ``c_r ≥ threshold · max_r c_r`` (:meth:`contributions`).
+
+        The threshold is relative, hence scale-free; at least one index per bond is kept.
+        """
         masks = []
-        for lam in self.rank_variances():
-            lam = lam.detach()
-            mask = lam >= threshold * lam.max()
-            mask[lam.argmax()] = True
+        for c in self.contributions():
+            mask = c >= threshold * c.max()
+            mask[c.argmax()] = True
             masks.append(mask)
         return masks
 
@@ -274,11 +295,90 @@ class FactorizedTensor(nn.Module):
         self.ranks = [len(k) for k in keep]
         return True
 
+    @torch.no_grad()
+    def regauge_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        r"""Rotate every two-member bond into its SVD basis without changing the represented weight.
+
+        A bond shared by exactly two factors (TT/TTM neighbours, a Tucker factor and the core)
+        has a gauge freedom ``A B = (A T)(T^{-1} B)``. With ``A = Q_a R_a`` and ``Bᵀ = Q_b R_b``
+        and ``R_a R_bᵀ = U S Vᵀ``, the choice ``T = R_a^{-1} U S^{1/2}`` makes both sides carry
+        ``S^{1/2}`` on orthogonal slices, so each rank index holds one singular direction and the
+        per-index ARD variances can switch off the weak ones; a per-index prior cannot break the
+        rotation symmetry between indices on its own. SVI scales are mapped through the same linear
+        map (``σ'² = σ² (T∘T)``). Optimizer state of the rotated factors is reset.
+        """
+        dtype = torch.float64
+        for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
+            if len(group.members) > 2:
+                self._balance_(group.members, optimizer)
+                continue
+            (fa, aa), (fb, ab) = group.members
+            ga, gb = self.factors[fa], self.factors[fb]
+            r = ga.shape[aa]
+            a = ga.movedim(aa, -1).reshape(-1, r).to(dtype)  # (m, r)
+            b = gb.movedim(ab, 0).reshape(r, -1).to(dtype)  # (r, n)
+            if a.shape[0] < r or b.shape[1] < r:
+                continue
+            _, ra = torch.linalg.qr(a)
+            _, rb = torch.linalg.qr(b.T)
+            u, s, vh = torch.linalg.svd(ra @ rb.T)
+            root = s.clamp_min(s.max() * 1e-12).sqrt()
+            ta = torch.linalg.pinv(ra) @ (u * root)  # (r, r)
+            tb = (root[:, None] * vh) @ torch.linalg.pinv(rb.T)  # (r, r)
+            new_a = (a @ ta).reshape(*ga.movedim(aa, -1).shape).movedim(-1, aa)
+            new_b = (tb @ b).reshape(*gb.movedim(ab, 0).shape).movedim(0, ab)
+            if self.method == "svi":
+                sa, sb = self.scales()[fa], self.scales()[fb]
+                var_a = sa.movedim(aa, -1).reshape(-1, r).to(dtype).square() @ ta.square()
+                var_b = tb.square() @ sb.movedim(ab, 0).reshape(r, -1).to(dtype).square()
+                for f, var, axis, first in ((fa, var_a, aa, False), (fb, var_b, ab, True)):
+                    like = self.raw_scales[f]
+                    moved = like.movedim(axis, 0 if first else -1).shape
+                    std = var.sqrt().reshape(moved).movedim(0 if first else -1, axis)
+                    like.copy_(_inverse_softplus_tensor(std).to(like.dtype))
+            ga.copy_(new_a.to(ga.dtype))
+            gb.copy_(new_b.to(gb.dtype))
+            if optimizer is not None:
+                for p in (ga, gb) + ((self.raw_scales[fa], self.raw_scales[fb]) if self.method == "svi" else ()):
+                    optimizer.state.pop(p, None)
+        self.update_rank_variances_()
+
+    def _balance_(self, members: Sequence[tuple[int, int]], optimizer: torch.optim.Optimizer | None) -> None:
+        """Rescale the slices of a hyper-edge bond (CP) so each member carries ``c_r^{1/n}``; ``W`` is unchanged."""
+        norms = []
+        for f, axis in members:
+            g = self.factors[f]
+            norms.append(g.square().sum(dim=[d for d in range(g.dim()) if d != axis]).sqrt())
+        total = torch.stack(norms).prod(0)
+        alive = total > 0
+        target = total.pow(1.0 / len(members))
+        for (f, axis), norm in zip(members, norms, strict=True):
+            scale = torch.where(alive, target / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+            shape = [1] * self.factors[f].dim()
+            shape[axis] = -1
+            self.factors[f].mul_(scale.view(shape))
+            if self.method == "svi":
+                std = self.scales()[f] * scale.view(shape)
+                self.raw_scales[f].copy_(_inverse_softplus_tensor(std))
+            if optimizer is not None:
+                optimizer.state.pop(self.factors[f], None)
+                if self.method == "svi":
+                    optimizer.state.pop(self.raw_scales[f], None)
+
     def prune_(
-        self, threshold: float = DEFAULT_PRUNE_THRESHOLD, optimizer: torch.optim.Optimizer | None = None
+        self,
+        threshold: float = DEFAULT_PRUNE_THRESHOLD,
+        optimizer: torch.optim.Optimizer | None = None,
+        regauge: bool = True,
     ) -> tuple[list[int], list[int]]:
-        """Remove inactive rank indices (see :meth:`active_masks`); returns ``(old_ranks, new_ranks)``."""
+        """Remove inactive rank indices (see :meth:`active_masks`); returns ``(old_ranks, new_ranks)``.
+
+        With ``regauge`` (default), bonds are first rotated into their SVD basis
+        (:meth:`regauge_`), which leaves the weight unchanged.
+        """
         old = list(self.ranks)
+        if self.method is not None and regauge:
+            self.regauge_(optimizer)
         keep = [m.nonzero().flatten() for m in self.active_masks(threshold)]
         self.truncate_(keep, optimizer)
         return old, list(self.ranks)

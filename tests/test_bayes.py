@@ -1,0 +1,224 @@
+"""Bayesian terms against analytic truth: KL, M-step, ELBO gradients, pruning, prediction."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+import bayestensor as bt
+from bayestensor.tensors import FactorizedTensor
+
+FORMATS = bt.available_formats()
+SHAPE = ((2, 3, 2), (3, 2, 2))
+
+
+def tensor(fmt, method, rank=3, **kw):
+    return FactorizedTensor(fmt, *SHAPE, rank, method=method, dtype=torch.float64, **kw)
+
+
+def log_prior_of_factors(t, factors):
+    """log p(W | λ) = Σ_bonds Σ_slices log N(w; 0, λ_r), written out independently of rank_statistics."""
+    total = torch.zeros((), dtype=torch.float64)
+    for group, lam in zip(t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks), t.rank_variances(), strict=True):
+        for f, axis in group.members:
+            shape = [1] * factors[f].dim()
+            shape[axis] = -1
+            total = total + Normal(0.0, lam.sqrt().view(shape)).log_prob(factors[f]).sum()
+    return total
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_map_prior_loss_is_negative_log_joint(fmt):
+    t = tensor(fmt, "map")
+    expected = -log_prior_of_factors(t, list(t.factors)) - sum(
+        t.prior.log_prob(lam).sum() for lam in t.rank_variances()
+    )
+    torch.testing.assert_close(t.prior_loss(), expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_svi_kl_against_monte_carlo(fmt):
+    t = tensor(fmt, "svi")
+    with torch.no_grad():
+        for r in t.raw_scales:
+            r.uniform_(-3, -1)
+    mu, sigma = list(t.factors), t.scales()
+    n = 4000
+    draws = []
+    with torch.no_grad():
+        for _ in range(n):
+            w = [m + s * torch.randn_like(m) for m, s in zip(mu, sigma, strict=True)]
+            log_q = sum(Normal(m, s).log_prob(x).sum() for m, s, x in zip(mu, sigma, w, strict=True))
+            draws.append(log_q - log_prior_of_factors(t, w))
+        mc = torch.stack(draws)
+        hyper = sum(t.prior.log_prob(lam).sum() for lam in t.rank_variances())
+        analytic = t.prior_loss() + hyper
+    stderr = mc.std() / math.sqrt(n)
+    assert abs(float(analytic - mc.mean())) < 4 * float(stderr)
+
+
+def test_cp_kl_equals_torch_distributions_kl():
+    """CP governs every entry by exactly one bond, so the KL is the plain Gaussian KL per entry."""
+    t = tensor("cp", "svi")
+    lam = t.rank_variances()[0]
+    kl = sum(
+        kl_divergence(Normal(m, s), Normal(torch.zeros_like(m), lam.sqrt().expand_as(m))).sum()
+        for m, s in zip(t.factors, t.scales(), strict=True)
+    )
+    torch.testing.assert_close(t.prior_loss(), kl - t.prior.log_prob(lam).sum())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prior", bt.available_priors())
+@pytest.mark.parametrize("method", ["map", "svi"])
+def test_m_step_is_a_stationary_minimum_of_the_loss_in_lambda(fmt, prior, method):
+    t = tensor(fmt, method, prior=prior)
+    t.update_rank_variances_()
+    lams = t.rank_variances()
+    for lam in lams:
+        lam.requires_grad_(True)
+    loss = t.prior_loss()
+    grads = torch.autograd.grad(loss, lams)
+    for lam, g in zip(lams, grads, strict=True):
+        assert torch.allclose(g * lam, torch.zeros_like(g), atol=1e-8)  # d loss / d log λ = 0
+    with torch.no_grad():
+        for lam in lams:
+            lam.mul_(1.05)
+        assert t.prior_loss() > loss
+
+
+def test_svi_elbo_gradient_matches_hand_derivation():
+    """Rank-1 CP matrix W = u vᵀ, loss ½‖W_s − T‖² + KL, with W_s a reparameterised sample."""
+    t = FactorizedTensor("cp", (3,), (4,), 1, method="svi", dtype=torch.float64, prior="log_uniform")
+    with torch.no_grad():
+        for r in t.raw_scales:
+            r.uniform_(-2, 0)
+    target = torch.randn(3, 4, dtype=torch.float64)
+    t.train()
+    torch.manual_seed(7)
+    u_s, v_s = t.tensors()
+    loss = 0.5 * (u_s @ v_s.T - target).square().sum() + t.prior_loss()
+    loss.backward()
+    with torch.no_grad():
+        (mu_u, mu_v), (rho_u, rho_v) = list(t.factors), list(t.raw_scales)
+        sig_u, sig_v = F.softplus(rho_u), F.softplus(rho_v)
+        eps_u, eps_v = (u_s - mu_u) / sig_u, (v_s - mu_v) / sig_v
+        resid = u_s @ v_s.T - target
+        lam = t.rank_variances()[0]
+        g_u, g_v = resid @ v_s, resid.T @ u_s  # data gradient w.r.t. the sampled factors
+        # KL part: d/dμ = μ/λ, d/dσ = σ/λ − 1/σ; chain rule dσ/dρ = sigmoid(ρ), dw/dρ = ε·sigmoid(ρ)
+        exp_mu_u, exp_mu_v = g_u + mu_u / lam, g_v + mu_v / lam
+        exp_rho_u = (g_u * eps_u + sig_u / lam - 1 / sig_u) * torch.sigmoid(rho_u)
+        exp_rho_v = (g_v * eps_v + sig_v / lam - 1 / sig_v) * torch.sigmoid(rho_v)
+    for p, e in ((mu_u, exp_mu_u), (mu_v, exp_mu_v), (rho_u, exp_rho_u), (rho_v, exp_rho_v)):
+        torch.testing.assert_close(p.grad, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("method", ["map", "svi"])
+def test_regauge_keeps_the_weight(fmt, method):
+    layer = bt.TensorizedLinear(
+        12, 12, format=fmt, max_rank=3, in_shape=(3, 4), out_shape=(4, 3), method=method, dtype=torch.float64
+    )
+    before = layer.full_weight()
+    layer.weight.regauge_()
+    torch.testing.assert_close(layer.full_weight(), before, rtol=1e-9, atol=1e-12)
+
+
+def shrink_some_components(layer):
+    """Make half of every bond's rank components negligible, as ARD does."""
+    with torch.no_grad():
+        for group in layer.weight.fmt.rank_groups(layer.weight.out_shape, layer.weight.in_shape, layer.weight.ranks):
+            idx = torch.arange(layer.weight.ranks[group.bond] // 2, layer.weight.ranks[group.bond])
+            for f, axis in group.members:
+                factor = layer.weight.factors[f]
+                factor.index_fill_(axis, idx, 0.0)
+                factor.index_add_(axis, idx, 1e-6 * torch.randn_like(factor.index_select(axis, idx)))
+        layer.weight.update_rank_variances_()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prune_is_physical_keeps_outputs_and_the_optimizer(fmt):
+    model = nn.Sequential(
+        bt.TensorizedLinear(
+            16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map", dtype=torch.float64
+        ),
+        nn.Tanh(),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(32, 16, dtype=torch.float64)
+    model(x).sum().backward()
+    opt.step()
+    shrink_some_components(model[0])
+    before_out, before_params = model(x), bt.count_params(model)
+    report = bt.prune(model, threshold=1e-3, optimizer=opt)
+    assert report.changed and bt.count_params(model) < before_params
+    assert all(r >= 1 for rs in bt.ranks(model).values() for r in rs)
+    assert (model(x) - before_out).norm() / before_out.norm() < 0.01
+    assert all(p.shape == st["exp_avg"].shape for p, st in opt.state.items())
+    assert set(map(id, opt.param_groups[0]["params"])) == set(map(id, model.parameters()))
+    model(x).sum().backward()
+    opt.step()  # the optimizer keeps working on the truncated parameters
+
+
+def test_prune_never_drops_a_bond_below_rank_one():
+    layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+    with torch.no_grad():
+        for f in layer.weight.factors:
+            f.mul_(1e-20)
+    bt.prune(layer, threshold=0.999)
+    assert all(r >= 1 for r in layer.weight.ranks)
+
+
+def test_pruned_checkpoint_loads_into_a_fresh_model():
+    def build():
+        torch.manual_seed(0)
+        return bt.TensorizedLinear(16, 16, format="ttm", max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+
+    layer = build()
+    shrink_some_components(layer)
+    bt.prune(layer)
+    fresh = build()
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.weight.ranks == layer.weight.ranks
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_predict_and_prior_loss_edge_cases():
+    svi = bt.TensorizedLinear(8, 4, format="tt", max_rank=2, method="svi")
+    svi.eval()
+    mean, std = bt.predict(svi, torch.randn(5, 8), num_samples=8)
+    assert mean.shape == (5, 4) and (std > 0).all()
+    mapped = bt.TensorizedLinear(8, 4, format="tt", max_rank=2, method="map")
+    _, std = bt.predict(mapped, torch.randn(5, 8))
+    assert (std == 0).all()
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
+        bt.predict(svi, torch.randn(5, 8), num_samples=0)
+    plain = nn.Linear(3, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert float(bt.prior_loss(plain)) == 0.0
+        assert float(bt.prior_loss(plain)) == 0.0
+    assert len([w for w in caught if "no tensorized layers" in str(w.message)]) == 1
+
+
+def test_kl_weight_schedule():
+    assert bt.kl_weight(1, no_kl_epochs=2, warmup_epochs=4) == 0.0
+    assert bt.kl_weight(4, no_kl_epochs=2, warmup_epochs=4, max_weight=0.5) == 0.25
+    assert bt.kl_weight(10, no_kl_epochs=2, warmup_epochs=4, max_weight=0.5) == 0.5
+    with pytest.raises(ValueError, match=">= 0"):
+        bt.kl_weight(1, warmup_epochs=-1)
+
+
+def test_ranks_names_layers():
+    model = nn.Sequential(
+        bt.TensorizedLinear(8, 8, format="tt", max_rank=2),
+        nn.ReLU(),
+        bt.TensorizedLinear(8, 4, format="cp", max_rank=3),
+    )
+    assert bt.ranks(model) == {"0": model[0].weight.ranks, "2": [3]}

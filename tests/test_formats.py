@@ -1,0 +1,123 @@
+"""Format battery: every registered format against TensorLy, counts, validators, rank groups, init."""
+
+import math
+
+import pytest
+import torch
+
+import bayestensor as bt
+from _oracle import ORACLES, tensorly_full
+from bayestensor.formats import TensorFormat, get_format
+from bayestensor.functional import reconstruct_matrix
+
+# (out_shape, in_shape, max_rank) cases; paired formats (TTM) use only equal-length cases
+CASES = [((2, 3, 4), (3, 2, 2), 3), ((4, 4), (2, 5), 2), ((5,), (3,), 2), ((2, 3), (4, 1), [1, 2])]
+
+
+def cases_for(name):
+    fmt = get_format(name)
+    out = []
+    for out_s, in_s, rank in CASES:
+        if fmt.paired_modes and len(out_s) != len(in_s):
+            continue
+        if not isinstance(rank, int) and len(rank) != fmt.num_bonds(out_s, in_s):
+            rank = rank[0]
+        out.append((out_s, in_s, rank))
+    return out
+
+
+ALL = [(name, *case) for name in bt.available_formats() for case in cases_for(name)]
+
+
+def random_factors(fmt, out_s, in_s, rank):
+    ranks = fmt.resolve_ranks(rank, out_s, in_s)
+    return ranks, [torch.randn(s, dtype=torch.float64) for s in fmt.factor_shapes(out_s, in_s, ranks)]
+
+
+def test_every_registered_format_has_an_oracle_row_and_cases():
+    assert set(bt.available_formats()) == set(ORACLES)
+    assert all(cases_for(name) for name in bt.available_formats())
+
+
+@pytest.mark.parametrize("name,out_s,in_s,rank", ALL)
+def test_reconstruction_matches_tensorly(name, out_s, in_s, rank):
+    fmt = get_format(name)
+    ranks, factors = random_factors(fmt, out_s, in_s, rank)
+    ours = reconstruct_matrix(name, factors, out_s, in_s, tuple(ranks))
+    theirs = torch.from_numpy(tensorly_full(name, factors)).reshape(math.prod(out_s), math.prod(in_s))
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,out_s,in_s,rank", ALL)
+def test_param_count_and_rank_groups(name, out_s, in_s, rank):
+    fmt = get_format(name)
+    ranks, factors = random_factors(fmt, out_s, in_s, rank)
+    assert fmt.n_params(out_s, in_s, ranks) == sum(f.numel() for f in factors)
+    assert fmt.validate(factors, out_s, in_s) == ranks
+    groups = fmt.rank_groups(out_s, in_s, ranks)
+    assert [g.bond for g in groups] == list(range(len(ranks)))
+    for g in groups:
+        assert g.members, "every bond governs at least one factor slice"
+        for f, axis in g.members:
+            assert factors[f].shape[axis] == ranks[g.bond]
+
+
+def test_rank_groups_follow_the_papers_structure():
+    shape = ((2, 3), (4, 5))
+    assert get_format("cp").rank_groups(*shape, [3])[0].members == ((0, 1), (1, 1), (2, 1), (3, 1))
+    tucker = get_format("tucker").rank_groups(*shape, [2, 2, 2, 2])
+    assert [g.members for g in tucker] == [((0, n), (n + 1, 1)) for n in range(4)]  # core slice + factor column
+    tt = get_format("tt").rank_groups(*shape, [2, 3, 2])
+    assert [g.members for g in tt] == [((k, 2), (k + 1, 0)) for k in range(3)]  # right of core k, left of k+1
+    ttm = get_format("ttm").rank_groups(*shape, [3])
+    assert ttm[0].members == ((0, 3), (1, 0))
+
+
+def test_validate_names_the_offending_factor_and_both_ranks():
+    fmt = get_format("tt")
+    cores = [torch.zeros(1, 2, 3), torch.zeros(4, 3, 2), torch.zeros(2, 5, 1)]
+    with pytest.raises(ValueError, match=r"rank 3 in factor 0 .*rank 4 in factor 1"):
+        fmt.validate(cores, (2, 3), (5,))
+    with pytest.raises(ValueError, match="factor 2 .* expected 1"):
+        fmt.validate([torch.zeros(1, 2, 3), torch.zeros(3, 3, 2), torch.zeros(2, 5, 2)], (2, 3), (5,))
+    with pytest.raises(ValueError, match="expects 3 factors, got 2"):
+        fmt.validate(cores[:2], (2, 3), (5,))
+
+
+def test_rank_errors_and_clipping():
+    fmt = get_format("tt")
+    with pytest.raises(ValueError, match=">= 1"):
+        fmt.resolve_ranks(0, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="3 bond\\(s\\), so max_rank needs 3 entries; got 2"):
+        fmt.resolve_ranks([2, 2], (2, 2), (2, 2))
+    assert fmt.resolve_ranks(100, (2, 2), (2, 2)) == [2, 4, 2]  # clipped to the full TT ranks
+    with pytest.raises(ValueError, match="unknown tensor format 'tensor-ring'"):
+        get_format("tensor-ring")
+    with pytest.raises(ValueError, match="same length"):
+        get_format("ttm").check_shapes((2, 2), (4,))
+
+
+def test_registry_rejects_duplicate_names():
+    with pytest.raises(ValueError, match="already registered"):
+        type("Dup", (TensorFormat,), {}, name="tt")
+
+
+@pytest.mark.parametrize("name", bt.available_formats())
+@pytest.mark.parametrize("num_modes", [2, 3, 4])
+def test_init_std_of_reconstruction_does_not_explode_or_vanish(name, num_modes):
+    """Mean over 40 seeds of the empirical variance of W is within 40% of the target (random-init truth)."""
+    fmt = get_format(name)
+    out_s, in_s = (4,) * num_modes, (3,) * num_modes
+    target = 0.05
+    ranks = fmt.resolve_ranks(4, out_s, in_s)
+    variances = []
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        stds = fmt.factor_stds(target, out_s, in_s, ranks)
+        fs = [
+            torch.randn(s, generator=gen, dtype=torch.float64) * sd
+            for s, sd in zip(fmt.factor_shapes(out_s, in_s, ranks), stds, strict=True)
+        ]
+        variances.append(reconstruct_matrix(name, fs, out_s, in_s, tuple(ranks)).pow(2).mean())
+    ratio = (torch.stack(variances).mean() / target**2).item()
+    assert 0.6 < ratio < 1.4, ratio

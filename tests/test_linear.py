@@ -1,0 +1,160 @@
+"""TensorizedLinear against dense truth: every format x strategy, gradients, compile, dtypes, memory, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bayestensor as bt
+from bayestensor.functional import linear_plan
+from bayestensor.layers.linear import STRATEGIES
+
+FORMATS = bt.available_formats()
+# (in_features, out_features, in_shape, out_shape): explicit shapes, automatic shapes, and a prime (padded)
+SHAPES = [(24, 30, (4, 3, 2), (2, 5, 3)), (64, 256, None, None), (61, 30, None, None)]
+
+
+def make(fmt, shape, strategy="auto", rank=3, dtype=torch.float64, **kw):
+    n_in, n_out, in_s, out_s = shape
+    return bt.TensorizedLinear(
+        n_in, n_out, format=fmt, max_rank=rank, in_shape=in_s, out_shape=out_s, strategy=strategy, dtype=dtype, **kw
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_forward_equals_dense_linear_of_full_weight(fmt, strategy, shape):
+    layer = make(fmt, shape, strategy)
+    x = torch.randn(2, 7, shape[0], dtype=torch.float64)
+    w = layer.full_weight()
+    assert w.shape == (shape[1], shape[0])
+    torch.testing.assert_close(layer(x), F.linear(x, w, layer.bias), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["reconstruct", "einsum", "two_stage"])
+def test_gradcheck_float64(fmt, strategy):
+    layer = make(fmt, (24, 30, (4, 3, 2), (2, 5, 3)), strategy, rank=2)
+    x = torch.randn(3, 24, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *layer.parameters()), fast_mode=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_param_counts(fmt):
+    layer = make(fmt, SHAPES[1])
+    assert bt.count_params(layer) == sum(f.numel() for f in layer.weight.factors) + 256
+    assert bt.dense_params(layer) == 64 * 256 + 256
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(256, 10))
+    assert bt.count_params(model) == bt.count_params(layer) + 2570
+    assert bt.dense_params(model) == 64 * 256 + 256 + 2570
+    svi = make(fmt, SHAPES[1], method="svi")  # variational scales are training state, not stored weights
+    assert bt.count_params(svi) == bt.count_params(layer)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_torch_compile_fullgraph(fmt, dynamo_reset):
+    layer = make(fmt, SHAPES[2], dtype=torch.float32)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 61)
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_torch_compile_inductor_two_stage(dynamo_reset):
+    layer = make("tt", (64, 64, (4, 4, 4), (4, 4, 4)), dtype=torch.float32)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(32, 64)
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bfloat16_matches_float32(fmt):
+    layer = make(fmt, SHAPES[1], dtype=torch.float32)
+    x = torch.randn(16, 64)
+    ref = layer(x)
+    low = layer.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    assert ((low.float() - ref).norm() / ref.norm()) < 0.05
+
+
+def saved_bytes_per_batch_row(module, n_in, batch):
+    """Bytes autograd saves that scale with the batch (difference between two batch sizes), params excluded."""
+    params = {p.data_ptr() for p in module.parameters()}
+
+    def saved(b):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            if t.data_ptr() not in params:
+                total += t.numel() * t.element_size()
+            return t
+
+        x = torch.randn(b, n_in, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x).sum()
+        return total
+
+    return (saved(2 * batch) - saved(batch)) / batch
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["einsum", "two_stage", "auto"])
+def test_activation_memory_not_above_dense(fmt, strategy):
+    shape = (256, 256, (4, 4, 4, 4), (4, 4, 4, 4))
+    layer = make(fmt, shape, strategy, rank=8, dtype=torch.float32)
+    dense = nn.Linear(256, 256)
+    assert saved_bytes_per_batch_row(layer, 256, 64) <= saved_bytes_per_batch_row(dense, 256, 64)
+
+
+def test_cost_model_finds_the_tt_bond_split_and_caches_plans():
+    plan = linear_plan("tt", (4, 4, 8, 8), (4, 4, 8, 8), (4, 16, 16, 16, 16, 16, 4), 256)
+    assert plan.strategy == "two_stage"
+    split = plan.two_stage
+    assert split.p_factors == (4, 5, 6, 7) and split.q_factors == (0, 1, 2, 3)  # x·Aᵀ then ·Cᵀ
+    assert plan is linear_plan("tt", (4, 4, 8, 8), (4, 4, 8, 8), (4, 16, 16, 16, 16, 16, 4), 200)  # same bucket
+    assert plan.costs["two_stage"] < plan.costs["reconstruct"] / 10
+
+
+def test_padding_is_invisible():
+    layer = bt.TensorizedLinear(61, 30, format="tt", max_rank=4, dtype=torch.float64)
+    assert math.prod(layer.in_shape) > 61
+    assert layer.full_weight().shape == (30, 61)
+    assert layer(torch.randn(5, 61, dtype=torch.float64)).shape == (5, 30)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="unknown tensor format 'qtt'"):
+        bt.TensorizedLinear(8, 8, format="qtt")
+    with pytest.raises(ValueError, match="every rank must be >= 1"):
+        bt.TensorizedLinear(8, 8, format="tt", max_rank=0)
+    with pytest.raises(ValueError, match="needs 1 entries; got 2"):
+        bt.TensorizedLinear(8, 8, format="ttm", max_rank=[2, 2], in_shape=(2, 4), out_shape=(4, 2))
+    with pytest.raises(ValueError, match=r"in_shape=\(2, 3\) has product 6 but in_features is 8"):
+        bt.TensorizedLinear(8, 8, in_shape=(2, 3))
+    with pytest.raises(ValueError, match="out_features must be a positive int, got 0"):
+        bt.TensorizedLinear(8, 0)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        bt.TensorizedLinear(8, 8, strategy="fast")
+    layer = bt.TensorizedLinear(8, 4, format="tt", max_rank=2)
+    with pytest.raises(ValueError, match=r"expected input of shape \(\.\.\., 8\), got \(3, 7\)"):
+        layer(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="input dtype torch.float64 does not match the layer's dtype torch.float32"):
+        layer(torch.randn(3, 8, dtype=torch.float64))
+    meta = bt.TensorizedLinear(8, 4, format="tt", max_rank=2, device="meta")
+    with pytest.raises(ValueError, match="input is on cpu but the layer is on meta"):
+        meta(torch.randn(3, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_matches_cpu(fmt):
+    layer = make(fmt, SHAPES[1], dtype=torch.float32)
+    x = torch.randn(64, 64)
+    ref = layer(x)
+    torch.testing.assert_close(layer.cuda()(x.cuda()).cpu(), ref, rtol=1e-4, atol=1e-5)
