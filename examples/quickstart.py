@@ -10,13 +10,18 @@ from bayestensor.data import load_digits_split
 
 epochs = 2 if "--smoke" in sys.argv else 60
 x, y, x_test, y_test = load_digits_split()
-model = torch.nn.Sequential(bt.TensorizedLinear(64, 256, format="ttm", max_rank=10, method="map"), torch.nn.ReLU(),
-                            bt.TensorizedLinear(256, 10, format="ttm", max_rank=10, method="map"))
+model = torch.nn.Sequential(
+    bt.TensorizedLinear(64, 256, format="ttm", max_rank=10, method="map"),
+    torch.nn.ReLU(),
+    bt.TensorizedLinear(256, 10, format="ttm", max_rank=10, method="map"),
+)
 opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 for _ in range(epochs):
     for idx in torch.randperm(len(x)).split(64):
         loss = F.cross_entropy(model(x[idx]), y[idx]) + 0.2 * bt.prior_loss(model) / len(x)
-        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # noqa: E702
     bt.prune(model, optimizer=opt)  # physically drops inactive rank components
 accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
 compression = bt.dense_params(model) / bt.count_params(model)

@@ -50,18 +50,26 @@ def main() -> None:
     x, y, x_test, y_test = load_digits_split()
     dense = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     fit(dense, x, y, EPOCHS, bayes=False)
-    warm = nn.Sequential(bt.from_dense(dense[0], format="ttm", max_rank=MAX_RANK, method="map"), nn.ReLU(),
-                         bt.from_dense(dense[2], format="ttm", max_rank=MAX_RANK, method="map"))
+    warm = nn.Sequential(
+        bt.from_dense(dense[0], format="ttm", max_rank=MAX_RANK, method="map"),
+        nn.ReLU(),
+        bt.from_dense(dense[2], format="ttm", max_rank=MAX_RANK, method="map"),
+    )
     start_ranks = bt.ranks(warm)
     fit(warm, x, y, EPOCHS, bayes=True)
-    scratch = nn.Sequential(bt.TensorizedLinear(64, 256, format="ttm", max_rank=MAX_RANK, method="map"), nn.ReLU(),
-                            bt.TensorizedLinear(256, 10, format="ttm", max_rank=MAX_RANK, method="map"))
+    scratch = nn.Sequential(
+        bt.TensorizedLinear(64, 256, format="ttm", max_rank=MAX_RANK, method="map"),
+        nn.ReLU(),
+        bt.TensorizedLinear(256, 10, format="ttm", max_rank=MAX_RANK, method="map"),
+    )
     fit(scratch, x, y, EPOCHS, bayes=True)
     n_dense = bt.dense_params(dense)
     print(f"dense        accuracy {accuracy(dense, x_test, y_test):.4f}  params {n_dense:,}")
     for name, m in (("warm start", warm), ("from scratch", scratch)):
-        print(f"{name:<12} accuracy {accuracy(m, x_test, y_test):.4f}  params {bt.count_params(m):,}  "
-              f"compression {n_dense / bt.count_params(m):.1f}x  ranks {bt.ranks(m)}")
+        print(
+            f"{name:<12} accuracy {accuracy(m, x_test, y_test):.4f}  params {bt.count_params(m):,}  "
+            f"compression {n_dense / bt.count_params(m):.1f}x  ranks {bt.ranks(m)}"
+        )
     print(f"warm start began at ranks {start_ranks}")
 
 

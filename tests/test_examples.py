@@ -16,7 +16,8 @@ def test_every_example_has_a_smoke_entry():
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_example_runs(name):
-    result = subprocess.run([sys.executable, str(EXAMPLES / name), *SMOKE[name]], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *SMOKE[name]], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout

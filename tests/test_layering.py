@@ -8,8 +8,18 @@ from pathlib import Path
 
 import bayestensor
 
-ORDER = ["formats", "functional", "priors", "tensors", "inference", "layers", "conversion", "data",
-         "experiments", "cli"]
+ORDER = [
+    "formats",
+    "functional",
+    "priors",
+    "tensors",
+    "inference",
+    "layers",
+    "conversion",
+    "data",
+    "experiments",
+    "cli",
+]
 ROOT = Path(bayestensor.__file__).parent
 
 
