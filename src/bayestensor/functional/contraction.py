@@ -82,14 +82,6 @@ def _linear_terms(network: Network) -> tuple[dict[str, str], list[str], str, str
     return sym, factors, BATCH + in_modes, out_modes, in_modes
 
 
-def _grad_equation(eq: str, wrt: int) -> str:
-    """Einsum for the gradient of a two-operand einsum with respect to operand ``wrt``."""
-    lhs, out = eq.split("->")
-    a, b = lhs.split(",")
-    other = b if wrt == 0 else a
-    return f"{out},{other}->{a if wrt == 0 else b}"
-
-
 @dataclass(frozen=True)
 class TwoStage:
     """``y = (x · S_P) · S_Q`` as two matrix products, with the factors split into groups ``P | Q``.
@@ -139,13 +131,6 @@ class LinearPlan:
     einsum_steps: Steps
     recompute: bool
     two_stage: TwoStage | None
-
-
-def _group_indices(terms: Sequence[str], group: Sequence[int], elsewhere: str) -> str:
-    """Indices of a factor group that are needed outside it (sorted)."""
-    inside = set("".join(terms[f] for f in group))
-    outside = set(elsewhere) | set("".join(t for f, t in enumerate(terms) if f not in group))
-    return "".join(sorted(inside & outside))
 
 
 def _best_two_stage(

@@ -107,7 +107,6 @@ class FactorizedTensor(nn.Module):
         self.out_shape = tuple(int(s) for s in out_shape)
         self.in_shape = tuple(int(s) for s in in_shape)
         self.ranks = self.fmt.resolve_ranks(max_rank, self.out_shape, self.in_shape)
-        self.initial_ranks = list(self.ranks)
         self.method = method
         self.rank_update = rank_update
         self.em_step = float(em_step)
@@ -131,7 +130,7 @@ class FactorizedTensor(nn.Module):
             with torch.no_grad():
                 energy, count = self.rank_statistics()
                 init = [
-                    self.prior.map_update(e.to(lam_dtype), c.to(lam_dtype)) for e, c in zip(energy, count, strict=False)
+                    self.prior.map_update(e.to(lam_dtype), c.to(lam_dtype)) for e, c in zip(energy, count, strict=True)
                 ]
             for b, lam in enumerate(init):
                 if rank_update == "em":
@@ -148,10 +147,6 @@ class FactorizedTensor(nn.Module):
     def n_params(self) -> int:
         """Stored parameters of the factors (means only; variational scales are not needed to run)."""
         return sum(p.numel() for p in self.factors)
-
-    def dense_numel(self) -> int:
-        """Entries of the (padded) dense matrix."""
-        return math.prod(self.out_shape) * math.prod(self.in_shape)
 
     # ------------------------------------------------------------------ factors
     def scales(self) -> list[Tensor]:
