@@ -64,7 +64,7 @@ _NN_ARGS: dict[type, Any] = {
     nn.AdaptiveAvgPool2d: lambda m: {"output_size": _pairs(m.output_size)},
     nn.Embedding: lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim},
     nn.EmbeddingBag: lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-                                "mode": m.mode},
+                                "mode": m.mode, "sparse": m.sparse},
 }  # fmt: skip
 
 

@@ -92,10 +92,22 @@ def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]
     return ClickStream(train, steps, ctx.rank, ctx.world_size), limited
 
 
+#: The dense twin (``--dense``) is refused when its tables alone would need more memory than this.
+MAX_DENSE_TABLE_BYTES = 8 << 30
+
+
 def _model(cfg: RunConfig) -> DLRM:
     m = cfg.model
+    cards = cardinalities(cfg)
+    if m.dense and sum(cards) * m.embedding_dim * 4 > MAX_DENSE_TABLE_BYTES:
+        need = sum(cards) * m.embedding_dim * 4 / 2**30
+        raise ConfigError(
+            f"criteo-dlrm --dense: {sum(cards):,} table rows x {m.embedding_dim} floats need {need:.1f} GiB "
+            f"(plus twice that for Adam), expected at most {MAX_DENSE_TABLE_BYTES / 2**30:.0f} GiB; cap the tables "
+            "with --set data.max_cardinality=N for a dense baseline"
+        )
     return DLRM(
-        cardinalities(cfg),
+        cards,
         embedding_dim=m.embedding_dim,
         bottom=parse_sizes(m.bottom_mlp, "model.bottom_mlp"),
         top=parse_sizes(m.top_mlp, "model.top_mlp"),

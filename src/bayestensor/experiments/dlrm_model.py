@@ -8,7 +8,8 @@ click logit.
 
 The ``tensorized`` largest tables are :class:`~bayestensor.TensorizedEmbedding` bags (TT or
 TTM, row shape of ``table_modes`` balanced modes, e.g. 216×217×217 for 10,131,227 rows), never
-materialised; the others are plain :class:`torch.nn.EmbeddingBag`.
+materialised; the others are plain :class:`torch.nn.EmbeddingBag` with sparse gradients (trained by
+:class:`~.optim.LazyAdam`, so a step touches only the rows a batch uses).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class DLRM(nn.Module):
                     )  # fmt: skip
                 )
             else:
-                bag = nn.EmbeddingBag(rows, embedding_dim, mode="sum")
+                bag = nn.EmbeddingBag(rows, embedding_dim, mode="sum", sparse=True)
                 nn.init.normal_(bag.weight, std=std)
                 tables.append(bag)
         self.tables = nn.ModuleList(tables)

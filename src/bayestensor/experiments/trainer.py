@@ -23,6 +23,7 @@ from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
 from .config import RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, prune_consistent, shutdown, wrap
+from .optim import make_optimizer
 from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
@@ -106,7 +107,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     bayes = bool(bayesian_tensors(model))
     initial_ranks = ranks(model)
     initial_params = count_params(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model, cfg.train.lr)
     history: list[dict[str, Any]] = []
     start, elapsed = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
@@ -118,7 +119,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                 "arguments or start a new run (--out/--set name=...)"
             )
         model.load_state_dict(state["model"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        optimizer = make_optimizer(model, cfg.train.lr)
         optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
