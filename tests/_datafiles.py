@@ -35,8 +35,12 @@ def write_cifar_dir(directory: Path, n: int = 16, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        batch = {b"batch_label": b"x", b"labels": rng.integers(0, 10, n).tolist(),
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"a.png"] * n}
+        batch = {
+            b"batch_label": b"x",
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"a.png"] * n,
+        }
         with open(directory / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return directory

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _datafiles import write_cifar_dir, write_criteo_dir, write_idx_dir
 
 import bayestensor as bt
+from _datafiles import write_cifar_dir, write_criteo_dir, write_idx_dir
 from bayestensor.cli.main import main
 from bayestensor.data import KAGGLE_CARDINALITIES
 from bayestensor.experiments import available_experiments
@@ -55,8 +55,21 @@ def test_smoke_run_writes_a_complete_run_folder(case, tmp_path):
     assert main(["train", name, "--smoke", "--quiet", "--out", str(out), *args]) == 0
     (run_dir,) = out.iterdir()
     report = json.loads((run_dir / "report.json").read_text())
-    for key in ("experiment", "format", "method", "prior", "test_accuracy", "dense_params", "params", "compression",
-                "layers", "prune_threshold", "epochs", "train_seconds", "peak_rss_mb"):
+    for key in (
+        "experiment",
+        "format",
+        "method",
+        "prior",
+        "test_accuracy",
+        "dense_params",
+        "params",
+        "compression",
+        "layers",
+        "prune_threshold",
+        "epochs",
+        "train_seconds",
+        "peak_rss_mb",
+    ):
         assert key in report, key
     assert report["experiment"] == name and 0.0 <= report["test_accuracy"] <= 1.0
     assert report["compression"] == pytest.approx(report["dense_params"] / report["params"])
@@ -141,8 +154,15 @@ def test_ddp_two_processes_prune_identically(tmp_path):
 
 def test_export_round_trip_of_a_pruned_model(tmp_path):
     torch.manual_seed(0)
-    model = DLRM([50, 7, 300, 11], num_dense=3, embedding_dim=4, bottom=[8, 4], top=[6, 1], tensorized=2,
-                 tensor={"format": "tt", "max_rank": 3, "method": "map", "prior": "half_cauchy", "prior_kwargs": {}})
+    model = DLRM(
+        [50, 7, 300, 11],
+        num_dense=3,
+        embedding_dim=4,
+        bottom=[8, 4],
+        top=[6, 1],
+        tensorized=2,
+        tensor={"format": "tt", "max_rank": 3, "method": "map", "prior": "half_cauchy", "prior_kwargs": {}},
+    )
     for _, t in bt.inference.bayesian_tensors(model):
         t.truncate_([torch.tensor([0, 2])[: min(2, r)] for r in t.ranks])
     save(model, tmp_path / "m")
@@ -171,10 +191,11 @@ def test_lazy_adam_matches_adam_and_sparse_adam():
     bag_a, bag_b = torch.nn.EmbeddingBag(20, 3, sparse=True), torch.nn.EmbeddingBag(20, 3, sparse=True)
     bag_b.load_state_dict(bag_a.state_dict())
     ours = LazyAdam([*dense_a.parameters(), *bag_a.parameters()], lr=0.01)
-    ref_dense, ref_sparse = torch.optim.Adam(dense_b.parameters(), lr=0.01), torch.optim.SparseAdam(
-        bag_b.parameters(), lr=0.01
+    ref_dense, ref_sparse = (
+        torch.optim.Adam(dense_b.parameters(), lr=0.01),
+        torch.optim.SparseAdam(bag_b.parameters(), lr=0.01),
     )
-    for step in range(5):
+    for _ in range(5):
         x, ids = torch.randn(6, 4), torch.randint(0, 20, (6, 2))
         for lin, bag in ((dense_a, bag_a), (dense_b, bag_b)):
             (lin(x).square().sum() + bag(ids).pow(3).sum()).backward()

@@ -79,13 +79,29 @@ def _tensor_args(t) -> dict[str, Any]:
 def _layer_args(m: nn.Module) -> dict[str, Any]:
     t = m.weight
     if isinstance(m, TensorizedLinear):
-        return {"in_features": m.in_features, "out_features": m.out_features, "in_shape": list(m.in_shape),
-                "out_shape": list(m.out_shape), "bias": m.bias is not None, "strategy": m.strategy, **_tensor_args(t)}
+        return {
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "in_shape": list(m.in_shape),
+            "out_shape": list(m.out_shape),
+            "bias": m.bias is not None,
+            "strategy": m.strategy,
+            **_tensor_args(t),
+        }
     if isinstance(m, TensorizedConv2d):
-        return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pairs(m.kernel_size),
-                "stride": _pairs(m.stride), "padding": _pairs(m.padding), "dilation": _pairs(m.dilation),
-                "groups": m.groups, "bias": m.bias is not None, "in_shape": list(m.in_shape),
-                "out_shape": list(m.out_shape), **_tensor_args(t)}
+        return {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": _pairs(m.kernel_size),
+            "stride": _pairs(m.stride),
+            "padding": _pairs(m.padding),
+            "dilation": _pairs(m.dilation),
+            "groups": m.groups,
+            "bias": m.bias is not None,
+            "in_shape": list(m.in_shape),
+            "out_shape": list(m.out_shape),
+            **_tensor_args(t),
+        }
     return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "row_shape": list(m.row_shape),
             "col_shape": list(m.col_shape), "mode": m.mode, "padding_idx": m.padding_idx,
             "include_last_offset": m.include_last_offset, **_tensor_args(t)}  # fmt: skip
@@ -196,8 +212,9 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Mo
     except json.JSONDecodeError as err:
         raise ExportError(f"{str(meta_path)!r} is not valid JSON: {err}") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{str(meta_path)!r}: expected format_version {FORMAT_VERSION}, "
-                          f"got {meta.get('format_version')!r}")
+        raise ExportError(
+            f"{str(meta_path)!r}: expected format_version {FORMAT_VERSION}, got {meta.get('format_version')!r}"
+        )
     model = build(meta["model"])
     state = load_file(str(weights), device=str(map_location))
     got = {k: list(v.shape) for k, v in state.items()}

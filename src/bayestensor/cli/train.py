@@ -23,20 +23,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--dense", action="store_true", help="train the uncompressed twin with the same recipe")
     p.add_argument("--config", help="TOML file with [model], [train], [data] sections")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key, e.g. --set train.kl_weight=0.1")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. --set train.kl_weight=0.1",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    p.add_argument("--synthetic", action="store_true",
-                   help="criteo-dlrm: synthetic clicks at the true table sizes (same as --set data.synthetic=true)")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="criteo-dlrm: synthetic clicks at the true table sizes (same as --set data.synthetic=true)",
+    )
     p.add_argument("--smoke", action="store_true", help="shrink data, epochs and model (for tests)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(run=run)
 
 
 FLAGS = {
-    "format": "model.format", "method": "model.method", "prior": "model.prior", "max_rank": "model.max_rank",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
-    "data_dir": "data.data_dir", "out": "out", "device": "train.device",
+    "format": "model.format",
+    "method": "model.method",
+    "prior": "model.prior",
+    "max_rank": "model.max_rank",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "data_dir": "data.data_dir",
+    "out": "out",
+    "device": "train.device",
 }
 
 

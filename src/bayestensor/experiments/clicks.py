@@ -130,4 +130,3 @@ class ClicksTask:
             extras["teacher_auc"] = roc_auc(logits, labels)
             extras["teacher_logloss"] = binary_log_loss(logits, labels)
         return extras
-

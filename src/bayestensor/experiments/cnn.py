@@ -65,8 +65,9 @@ def _limit(splits: Splits, limit: int) -> Splits:
 
 def _fashion(cfg: RunConfig) -> Splits:
     data = load_fashion_mnist(cfg.data.data_dir or None)
-    return _limit((data.train.images[:, None], data.train.labels, data.test.images[:, None], data.test.labels),
-                  cfg.data.limit)
+    return _limit(
+        (data.train.images[:, None], data.train.labels, data.test.images[:, None], data.test.labels), cfg.data.limit
+    )
 
 
 def _cifar(cfg: RunConfig) -> Splits:

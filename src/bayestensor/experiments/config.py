@@ -121,8 +121,10 @@ def merge(cfg: Any, data: dict[str, Any], prefix: str = "") -> None:
     unknown = sorted(set(data) - set(known))
     if unknown:
         where = f"section [{prefix[:-1]}]" if prefix else "the top level"
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
-                          f"expected one of: {', '.join(prefix + k for k in known)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; "
+            f"expected one of: {', '.join(prefix + k for k in known)}"
+        )
     for key, value in data.items():
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
@@ -176,6 +178,7 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
 
 def dump_toml(data: dict[str, Any]) -> str:
     """Write a nested dict of scalars, dicts of numbers and sections as TOML."""
+
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"

@@ -1,4 +1,4 @@
-"""Data-parallel training with ``torchrun``: process-group setup, DDP wrapping, consistent pruning.
+r"""Data-parallel training with ``torchrun``: process-group setup, DDP wrapping, consistent pruning.
 
 ``bayestensor train`` detects ``torchrun``'s environment (``WORLD_SIZE > 1``) and then trains with
 :class:`torch.nn.parallel.DistributedDataParallel` (gloo on CPU, NCCL on GPU). Each process reads
@@ -43,7 +43,7 @@ from ..inference import bayesian_tensors
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in a (possibly single-process) job."""
+    """The place of this process in a (possibly single-process) job."""
 
     rank: int = 0
     world_size: int = 1

@@ -71,16 +71,29 @@ def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]
     cards = cardinalities(cfg)
     bs = cfg.train.batch_size
     if cfg.data.synthetic:
-        train = SyntheticClicks(cfg.data.train_batches, bs, seed=cfg.train.seed, cardinalities=cards,
-                                rank=ctx.rank, world_size=ctx.world_size)
+        train = SyntheticClicks(
+            cfg.data.train_batches,
+            bs,
+            seed=cfg.train.seed,
+            cardinalities=cards,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
         test = SyntheticClicks(cfg.data.test_batches, bs, seed=cfg.train.seed, split="test", cardinalities=cards)
         return ClickStream(train, cfg.data.train_batches // ctx.world_size, ctx.rank, ctx.world_size), test
     if not cfg.data.data_dir:
         raise ConfigError("criteo-dlrm needs --data-dir (the folder with Criteo Kaggle's train.txt) or --synthetic")
     max_rows = cfg.data.max_rows or None
     full = CriteoKaggle(cfg.data.data_dir, bs, max_rows=max_rows, cardinalities=cards, drop_last=True)
-    train = CriteoKaggle(cfg.data.data_dir, bs, max_rows=max_rows, cardinalities=cards, drop_last=True,
-                         rank=ctx.rank, world_size=ctx.world_size)
+    train = CriteoKaggle(
+        cfg.data.data_dir,
+        bs,
+        max_rows=max_rows,
+        cardinalities=cards,
+        drop_last=True,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
     test = CriteoKaggle(cfg.data.data_dir, bs, split="test", max_rows=max_rows, cardinalities=cards)
     steps = len(full) // ctx.world_size
     if steps == 0:

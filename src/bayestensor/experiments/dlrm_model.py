@@ -91,8 +91,13 @@ class DLRM(nn.Module):
             if t in self.tensorized_ids:
                 tables.append(
                     TensorizedEmbedding(
-                        rows, embedding_dim, row_shape=tensorized_shape(rows, table_modes), mode="sum",
-                        init_std=std, validate=False, **tensor,
+                        rows,
+                        embedding_dim,
+                        row_shape=tensorized_shape(rows, table_modes),
+                        mode="sum",
+                        init_std=std,
+                        validate=False,
+                        **tensor,
                     )  # fmt: skip
                 )
             else:

@@ -15,9 +15,9 @@ SIZES = (784, 512, 10)
 
 
 def _defaults(cfg: RunConfig) -> None:
-    cfg.model.format, cfg.model.max_rank, cfg.model.hidden, cfg.model.dropout = "ttm", 12, SIZES[1], 0.2
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr = 12, 128, 2e-3
-    cfg.train.kl_weight, cfg.train.no_kl_epochs, cfg.train.warmup_epochs = 1.0, 1, 4
+    cfg.model.format, cfg.model.max_rank, cfg.model.hidden, cfg.model.dropout = "ttm", 14, SIZES[1], 0.2
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 12, 128, 2e-3, 1
+    cfg.train.kl_weight, cfg.train.no_kl_epochs, cfg.train.warmup_epochs = 0.3, 1, 4
     cfg.train.prune_start, cfg.train.prune_every = 4, 2
 
 

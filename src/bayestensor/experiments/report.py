@@ -134,10 +134,15 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     for d in run_dirs:
         report, _ = read_run(d)
         ax.scatter(report["compression"], report["test_accuracy"])
-        ax.annotate(f"{report['format']}/{report['method']}", (report["compression"], report["test_accuracy"]),
-                    fontsize=7)
-    ax.set(xscale="log", xlabel="compression (dense / stored params)", ylabel="test accuracy",
-           title="accuracy against compression")
+        ax.annotate(
+            f"{report['format']}/{report['method']}", (report["compression"], report["test_accuracy"]), fontsize=7
+        )
+    ax.set(
+        xscale="log",
+        xlabel="compression (dense / stored params)",
+        ylabel="test accuracy",
+        title="accuracy against compression",
+    )
     fig.tight_layout()
     path = out / "accuracy_vs_compression.png"
     fig.savefig(path, dpi=100)

@@ -1,4 +1,4 @@
-"""``cifar10-resnet``: the CIFAR ResNet of He et al. (2016), depth ``6n + 2``, with its wide 3×3 convolutions tensorized.
+"""``cifar10-resnet``: the CIFAR ResNet of He et al. (2016), depth ``6n + 2``, its wide 3×3 convolutions tensorized.
 
 Three stages of ``n`` basic blocks at 16, 32 and 64 channels (stride 2 at the start of stages 2
 and 3; 1×1 projection shortcuts where the shape changes), global average pooling and a dense FC

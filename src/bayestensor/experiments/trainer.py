@@ -27,8 +27,8 @@ from .optim import make_optimizer
 from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
-from .run_state import layer_table, peak_rss_mb, rng_state, seed_everything, set_rng_state
 from .run_state import lambda_spectra as _lambda_spectra
+from .run_state import layer_table, peak_rss_mb, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 #: Test hook: exit hard (``os._exit``) right after epoch ``k`` (1-based) has been checkpointed.
@@ -134,8 +134,12 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
 
     t0 = time.perf_counter() - elapsed
     for epoch in range(start, cfg.train.epochs):
-        beta = kl_weight(epoch, no_kl_epochs=cfg.train.no_kl_epochs, warmup_epochs=cfg.train.warmup_epochs,
-                         max_weight=cfg.train.kl_weight)
+        beta = kl_weight(
+            epoch,
+            no_kl_epochs=cfg.train.no_kl_epochs,
+            warmup_epochs=cfg.train.warmup_epochs,
+            max_weight=cfg.train.kl_weight,
+        )
         losses = task.train_epoch(net, model, optimizer, epoch, beta, bayes, console)
         pruned = None
         if bayes and epoch >= cfg.train.prune_start and (epoch - cfg.train.prune_start) % cfg.train.prune_every == 0:
@@ -157,10 +161,19 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         rngs = gather_objects(rng_state(), ctx)
         if ctx.is_main:
             save_atomic(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": None, "epoch": epoch,
-                 "history": history, "rng": rngs if ctx.enabled else rngs[0], "config": cfg.to_dict(),
-                 "elapsed": row["seconds"], "initial_ranks": initial_ranks, "initial_params": initial_params,
-                 "world_size": ctx.world_size},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": None,
+                    "epoch": epoch,
+                    "history": history,
+                    "rng": rngs if ctx.enabled else rngs[0],
+                    "config": cfg.to_dict(),
+                    "elapsed": row["seconds"],
+                    "initial_ranks": initial_ranks,
+                    "initial_params": initial_params,
+                    "world_size": ctx.world_size,
+                },
                 ckpt_path,
             )
             with (run_dir / "metrics.jsonl").open("a") as fh:
