@@ -59,7 +59,7 @@ def test_bad_types(tmp_path, capsys):
     cfg.write_text('[data]\nsynthetic = "yes"\n')
     assert "data.synthetic: expected a boolean" in _error(capsys, ["train", "--config", str(cfg)])
     assert "model.bottom_mlp" in _error(
-        capsys, ["train", "criteo-dlrm", "--synthetic", "--smoke", "--set", "model.bottom_mlp=a-b", "--out",
+        capsys, ["train", "criteo-dlrm", "--synthetic", "--set", "model.bottom_mlp=a-b", "--out",
                  str(tmp_path)]
     )  # fmt: skip
 

@@ -132,7 +132,7 @@ def _model(cfg: RunConfig) -> DLRM:
 
 def _defaults(cfg: RunConfig) -> None:
     cfg.model.format, cfg.model.max_rank = "tt", 16
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr = 4, 2048, 1e-3
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 2048, 1e-3, 1
     cfg.train.kl_weight, cfg.train.no_kl_epochs, cfg.train.warmup_epochs = 1.0, 0, 1
     cfg.train.prune_start, cfg.train.prune_every = 1, 1
 
