@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="override a config value by dotted key, e.g. --set train.kl_weight=0.1",
     )
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="criteo-dlrm: synthetic clicks at the true table sizes (same as --set data.synthetic=true)",
+    )
     p.add_argument("--smoke", action="store_true", help="shrink data, epochs and model (for tests)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(run=run)
@@ -68,6 +73,8 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             apply_override(cfg, f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    if args.synthetic:
+        apply_override(cfg, "data.synthetic=true")
     for assignment in args.set:
         apply_override(cfg, assignment)
     if args.smoke:
@@ -78,9 +85,15 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and print the summary; exit code 2 for bad configs, data or checkpoints."""
+    """Train and print the summary (rank 0 only under torchrun); exit code 2 for bad configs, data or checkpoints.
+
+    Multi-process: ``torchrun --nproc-per-node N -m bayestensor train ...`` (see
+    :mod:`bayestensor.experiments.distributed`).
+    """
+    import os
+
     from ..experiments import CheckpointError, ConfigError, train
-    from ..experiments.trainer import Console
+    from ..experiments.progress import Console
 
     try:
         cfg = build_config(args)
@@ -89,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"bayestensor train: error: {err}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    metric = f"test AUC {report['test_auc']:.4f}  accuracy" if "test_auc" in report else "test accuracy"
     print(
         f"{report['experiment']} [{report['format']}/{report['method']}]  "
-        f"test accuracy {report['test_accuracy']:.4f}  params {report['params']:,}  "
+        f"{metric} {report['test_accuracy']:.4f}  params {report['params']:,}  "
         f"dense params {report['dense_params']:,}  compression {report['compression']:.1f}x  "
         f"({report['train_seconds']:.1f}s)\nreport: {report['run_dir']}/report.json"
     )

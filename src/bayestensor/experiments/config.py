@@ -25,6 +25,13 @@ class ModelConfig:
     dense: bool = False
     hidden: int = 256
     dropout: float = 0.0
+    width: float = 1.0  # channel multiplier of the CNNs and ResNets (--smoke shrinks it)
+    depth: int = 20  # CIFAR ResNet depth: 6n + 2 (20, 32, 110, ...)
+    embedding_dim: int = 128  # DLRM
+    bottom_mlp: str = "512-256-128"  # DLRM: hidden sizes after the 13 dense features; the last is embedding_dim
+    top_mlp: str = "512-256-1"  # DLRM: sizes after the interaction features
+    tensorized_tables: int = 5  # DLRM: how many of the largest tables are tensorized
+    table_modes: int = 3  # DLRM: row modes of a tensorized table (e.g. 200 x 220 x 250)
 
 
 @dataclass
@@ -43,6 +50,7 @@ class TrainConfig:
     prune_threshold: float = 1e-3
     predict_samples: int = 32
     device: str = "cpu"
+    threads: int = 0  # torch.set_num_threads per process; 0 leaves the default
 
 
 @dataclass
@@ -52,6 +60,11 @@ class DataConfig:
     data_dir: str = ""
     test_fraction: float = 0.25
     limit: int = 0  # 0 = all examples; --smoke sets a small number
+    synthetic: bool = False  # DLRM: synthetic clicks (true Kaggle cardinalities) instead of train.txt
+    max_rows: int = 0  # DLRM: read only the first max_rows lines of train.txt (0 = the whole file)
+    train_batches: int = 200  # DLRM synthetic: batches per epoch (all processes together)
+    test_batches: int = 20  # DLRM: synthetic test batches; for train.txt, 0 = the whole held-out split
+    max_cardinality: int = 0  # DLRM: cap every table at this many rows (0 = the true sizes)
 
 
 @dataclass

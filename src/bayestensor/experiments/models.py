@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from ..layers import TensorizedLinear
+from ..layers import TensorizedConv2d, TensorizedLinear
 from .config import ModelConfig
 
 
-def linear(in_features: int, out_features: int, cfg: ModelConfig) -> nn.Module:
-    """A dense ``nn.Linear`` (``cfg.dense``) or a :class:`TensorizedLinear` configured by ``cfg``."""
+def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
+    """Keyword arguments shared by the tensorized layers (``None`` for the dense twin).
+
+    A plain, JSON-serialisable dict, so models that take it can be rebuilt by :func:`bayestensor.io.load`.
+    """
     if cfg.dense:
+        return None
+    return {
+        "format": cfg.format,
+        "max_rank": cfg.max_rank,
+        "method": None if cfg.method == "none" else cfg.method,
+        "prior": cfg.prior,
+        "prior_kwargs": dict(cfg.prior_kwargs),
+    }
+
+
+def linear(in_features: int, out_features: int, cfg: ModelConfig | dict[str, Any] | None) -> nn.Module:
+    """A dense ``nn.Linear`` (``cfg.dense`` or ``None``) or a :class:`TensorizedLinear` configured by ``cfg``."""
+    kwargs = tensor_kwargs(cfg) if isinstance(cfg, ModelConfig) else cfg
+    if kwargs is None:
         return nn.Linear(in_features, out_features)
-    return TensorizedLinear(
-        in_features,
-        out_features,
-        format=cfg.format,
-        max_rank=cfg.max_rank,
-        method=None if cfg.method == "none" else cfg.method,
-        prior=cfg.prior,
-        prior_kwargs=dict(cfg.prior_kwargs),
-    )
+    return TensorizedLinear(in_features, out_features, **kwargs)
+
+
+def conv3x3(in_channels: int, out_channels: int, tensor: dict[str, Any] | None, stride: int = 1) -> nn.Module:
+    """A bias-free 3×3 convolution with padding 1 (followed by batch norm): dense or tensorized."""
+    if tensor is None:
+        return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+    return TensorizedConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, **tensor)
 
 
 def fc_classifier(sizes: Sequence[int], cfg: ModelConfig) -> nn.Sequential:
@@ -35,3 +52,10 @@ def fc_classifier(sizes: Sequence[int], cfg: ModelConfig) -> nn.Sequential:
             if cfg.dropout > 0:
                 layers.append(nn.Dropout(cfg.dropout))
     return nn.Sequential(*layers)
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels · width`` rounded, at least 4 (``--smoke`` shrinks the CNNs with ``model.width``)."""
+    if not width > 0:
+        raise ValueError(f"model.width must be > 0, got {width}")
+    return max(4, round(channels * width))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from .config import RunConfig
 
 Splits = tuple[Tensor, Tensor, Tensor, Tensor]
+TASKS = ("classification", "clicks")
 
 
 @dataclass(frozen=True)
@@ -23,20 +25,27 @@ class Experiment:
     defaults
         Sets the experiment's default hyper-parameters on a fresh :class:`RunConfig`.
     load_data
-        Returns ``(x_train, y_train, x_test, y_test)``.
+        For ``task="classification"``: returns ``(x_train, y_train, x_test, y_test)`` tensors.
+        For ``task="clicks"``: returns ``(train, test)``, re-iterable streams of
+        :class:`~bayestensor.data.ClickBatch` (the training stream already sharded for this
+        process, see :mod:`bayestensor.experiments.distributed`).
     build_model
         Builds the (tensorized or, with ``model.dense``, dense) model.
     smoke
         Shrinks the config for smoke tests (``--smoke``).
+    task
+        ``"classification"`` (cross-entropy on in-memory tensors) or ``"clicks"`` (streaming binary
+        classification with BCE and AUC, for DLRM); picks the task loop of :func:`~.trainer.train`.
     """
 
     name: str
     description: str
     data: str
     defaults: Callable[[RunConfig], None]
-    load_data: Callable[[RunConfig], Splits]
+    load_data: Callable[[RunConfig], Any]
     build_model: Callable[[RunConfig], nn.Module]
     smoke: Callable[[RunConfig], None]
+    task: str = "classification"
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -44,6 +53,8 @@ _EXPERIMENTS: dict[str, Experiment] = {}
 
 def register_experiment(exp: Experiment) -> Experiment:
     """Add an experiment to the registry (names are unique)."""
+    if exp.task not in TASKS:
+        raise ValueError(f"experiment {exp.name!r}: task must be one of {TASKS}, got {exp.task!r}")
     if exp.name in _EXPERIMENTS:
         raise ValueError(f"experiment {exp.name!r} is already registered")
     _EXPERIMENTS[exp.name] = exp

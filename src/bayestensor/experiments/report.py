@@ -50,6 +50,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"| train seconds | {report['train_seconds']:.1f} |",
         f"| peak RSS (MB) | {report['peak_rss_mb']:.0f} |",
         "",
+    ]
+    if "test_auc" in report:
+        lines[4:4] = [
+            f"| test AUC | {report['test_auc']:.4f} |",
+            f"| test log loss | {report['test_logloss']:.4f} |",
+            f"| teacher AUC (Bayes-optimal, synthetic) | {report.get('teacher_auc', float('nan')):.4f} |",
+            f"| training samples/s | {report['samples_per_second']:,.0f} |",
+            f"| processes | {report.get('world_size', 1)} |",
+            f"| tensorized tables: dense-equivalent params | {report['tensorized_tables_dense_params']:,} |",
+            f"| tensorized tables: stored params | {report['tensorized_tables_params']:,} |",
+            f"| tensorized tables: compression | {report['tensorized_tables_compression']:,.0f}x |",
+        ]
+    lines += [
         "| layer | format | out × in shape | initial ranks | final ranks | params | dense params |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -1,0 +1,120 @@
+"""``cifar10-resnet``: the CIFAR ResNet of He et al. (2016), depth ``6n + 2``, its wide 3×3 convolutions tensorized.
+
+Three stages of ``n`` basic blocks at 16, 32 and 64 channels (stride 2 at the start of stages 2
+and 3; 1×1 projection shortcuts where the shape changes), global average pooling and a dense FC
+layer. Every 3×3 convolution whose input and output both have ≥ 32 (unscaled) channels is
+tensorized, as in the paper's ResNet-110; the others stay dense. ``--set model.depth=20|32|110``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data import load_cifar10
+from .config import ConfigError, RunConfig
+from .models import conv3x3, scaled, tensor_kwargs
+from .registry import Experiment, Splits, register_experiment
+
+STAGES = (16, 32, 64)
+#: 3×3 convolutions with at least this many (unscaled) input and output channels are tensorized.
+MIN_TENSORIZED_CHANNELS = 32
+
+
+class BasicBlock(nn.Module):
+    """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, tensor: dict[str, Any] | None, tensorize: bool) -> None:
+        super().__init__()
+        t = tensor if tensorize else None
+        self.conv1 = conv3x3(c_in, c_out, t, stride)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = conv3x3(c_out, c_out, t)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet-``depth`` (``depth = 6n + 2``).
+
+    Parameters
+    ----------
+    depth
+        20, 32, 44, 56, 110, ...
+    num_classes
+        Output classes.
+    width
+        Channel multiplier (1 for the paper's 16/32/64).
+    tensor
+        Keyword arguments of the tensorized convolutions (see :func:`.models.tensor_kwargs`);
+        ``None`` for the dense twin.
+    """
+
+    def __init__(
+        self, depth: int = 20, num_classes: int = 10, width: float = 1.0, tensor: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 110, ...), got {depth}")
+        self.export_kwargs = {"depth": depth, "num_classes": num_classes, "width": width, "tensor": tensor}
+        n = (depth - 2) // 6
+        c0 = scaled(STAGES[0], width)
+        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        blocks: list[nn.Module] = []
+        base_in, c_in = STAGES[0], c0
+        for s, base in enumerate(STAGES):
+            c_out = scaled(base, width)
+            for b in range(n):
+                stride = 2 if s > 0 and b == 0 else 1
+                tensorize = min(base_in, base) >= MIN_TENSORIZED_CHANNELS
+                blocks.append(BasicBlock(c_in, c_out, stride, tensor, tensorize))
+                base_in, c_in = base, c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _defaults(cfg: RunConfig) -> None:
+    cfg.model.format, cfg.model.max_rank, cfg.model.depth = "tt", 20, 20
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr = 40, 128, 1e-3
+    cfg.train.kl_weight, cfg.train.prune_start, cfg.train.prune_every = 0.1, 5, 5
+
+
+def _smoke(cfg: RunConfig) -> None:
+    cfg.model.width, cfg.model.max_rank, cfg.model.depth = 0.25, 3, 8
+    cfg.train.epochs, cfg.train.prune_start, cfg.train.prune_every, cfg.train.batch_size = 2, 0, 1, 8
+    cfg.train.no_kl_epochs, cfg.train.warmup_epochs, cfg.train.predict_samples = 0, 1, 2
+    cfg.data.limit = 32
+
+
+def _data(cfg: RunConfig) -> Splits:
+    if not cfg.data.data_dir:
+        raise ConfigError("cifar10-resnet needs --data-dir: the folder with CIFAR-10's python batches")
+    data = load_cifar10(cfg.data.data_dir)
+    xtr, ytr, xte, yte = data.train.images, data.train.labels, data.test.images, data.test.labels
+    if cfg.data.limit:
+        xtr, ytr, xte, yte = xtr[: cfg.data.limit], ytr[: cfg.data.limit], xte[: cfg.data.limit], yte[: cfg.data.limit]
+    return xtr, ytr, xte, yte
+
+
+CIFAR10_RESNET = register_experiment(
+    Experiment(
+        name="cifar10-resnet",
+        description="CIFAR ResNet (--set model.depth=20|32|110), 3x3 convs of >= 32 channels tensorized",
+        data="CIFAR-10 python batches (data_batch_1..5, test_batch) in --data-dir",
+        defaults=_defaults,
+        load_data=_data,
+        build_model=lambda cfg: CifarResNet(cfg.model.depth, 10, cfg.model.width, tensor_kwargs(cfg.model)),
+        smoke=_smoke,
+    )
+)

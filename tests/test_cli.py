@@ -1,0 +1,118 @@
+"""The command line: listing, help, env, config errors (exit code 2), reports, quiet output off a terminal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _datafiles import write_idx_dir
+from bayestensor.cli.main import main
+from bayestensor.experiments import available_experiments
+from bayestensor.experiments.progress import Console
+
+
+def test_experiments_lists_every_registered_experiment(capsys):
+    assert main(["experiments"]) == 0
+    out = capsys.readouterr().out
+    names = available_experiments()
+    assert {"digits-fc", "mnist-fc", "fashion-mnist-fc", "fashion-mnist-cnn", "cifar10-cnn", "cifar10-resnet",
+            "criteo-dlrm"} <= set(names)  # fmt: skip
+    for name in names:
+        assert name in out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["report", "--help"], ["experiments", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: bayestensor" in capsys.readouterr().out
+
+
+def test_env(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "formats" in out
+
+
+def _error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nepochs = 2\nlearning_rate = 0.1\n")
+    err = _error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path)])
+    assert "unknown config key(s) train.learning_rate" in err and "train.lr" in err
+    assert "unknown section 'modle'" in _error(capsys, ["train", "--set", "modle.max_rank=3", "--out", str(tmp_path)])
+
+
+def test_bad_types(tmp_path, capsys):
+    err = _error(capsys, ["train", "--set", "train.epochs=three", "--out", str(tmp_path)])
+    assert "train.epochs: expected an integer, got 'three'" in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\nsynthetic = "yes"\n')
+    assert "data.synthetic: expected a boolean" in _error(capsys, ["train", "--config", str(cfg)])
+    assert "model.bottom_mlp" in _error(
+        capsys, ["train", "criteo-dlrm", "--synthetic", "--set", "model.bottom_mlp=a-b", "--out",
+                 str(tmp_path)]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", ["mnist-fc", "cifar10-cnn", "cifar10-resnet", "criteo-dlrm"])
+def test_missing_data_dir(experiment, tmp_path, capsys):
+    err = _error(capsys, ["train", experiment, "--smoke", "--out", str(tmp_path)])
+    assert "--data-dir" in err
+    missing = tmp_path / "nowhere"
+    err = _error(capsys, ["train", experiment, "--smoke", "--data-dir", str(missing), "--out", str(tmp_path)])
+    assert str(missing) in err
+    expected = {"mnist-fc": "train-images-idx3-ubyte", "cifar10-cnn": "data_batch_1", "cifar10-resnet": "data_batch_1",
+                "criteo-dlrm": "train.txt"}[experiment]  # fmt: skip
+    assert expected in err
+
+
+def test_dense_dlrm_at_full_size_is_refused(tmp_path, capsys):
+    err = _error(capsys, ["train", "criteo-dlrm", "--synthetic", "--dense", "--out", str(tmp_path)])
+    assert "GiB" in err and "data.max_cardinality" in err
+
+
+def test_report_writes_markdown_and_plots_and_compares_runs(tmp_path, capsys):
+    data = write_idx_dir(tmp_path / "fashion")
+    out = tmp_path / "runs"
+    common = ["--smoke", "--quiet", "--out", str(out)]
+    assert main(["train", "fashion-mnist-fc", *common, "--data-dir", str(data)]) == 0
+    assert main(["train", "fashion-mnist-fc", *common, "--data-dir", str(data), "--dense"]) == 0
+    assert main(["train", "criteo-dlrm", "--synthetic", *common]) == 0
+    runs = sorted(out.iterdir())
+    for run in runs:
+        for f in ("report.md", "ranks.png", "params.png"):
+            (run / f).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["report", *map(str, runs), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for run in runs:
+        assert (run / "report.md").is_file() and (run / "ranks.png").is_file() and (run / "params.png").is_file()
+    assert (tmp_path / "accuracy_vs_compression.png").is_file()
+    dlrm = next(r for r in runs if r.name.startswith("criteo-dlrm"))
+    report = json.loads((dlrm / "report.json").read_text())
+    assert f"| test AUC | {report['test_auc']:.4f} |" in printed
+    assert "tensorized tables: compression" in (dlrm / "report.md").read_text()
+    assert _error(capsys, ["report", str(tmp_path / "missing")])
+
+
+def test_training_output_is_quiet_off_a_terminal(tmp_path, capsys):
+    assert main(["train", "--smoke", "--out", str(tmp_path)]) == 0  # no --quiet: capsys is not a TTY
+    out = capsys.readouterr().out
+    assert "epoch" not in out and "test accuracy" in out
+    console = Console(quiet=False)
+    with console.rich.capture() as cap:
+        console.epoch({"epoch": 0, "train_loss": 1.5, "test_accuracy": 0.5, "params": 10, "ranks": {"0": [2]},
+                       "seconds": 0.1})  # fmt: skip
+        with console.progress(3, "epoch 1") as advance:
+            advance()
+    assert "1.5000" in cap.get() and "0.5000" in cap.get()

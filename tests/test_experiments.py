@@ -1,0 +1,209 @@
+"""Built-in experiments end to end: smoke runs on written files, resume after a hard kill, DDP, export, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bayestensor as bt
+from _datafiles import write_cifar_dir, write_criteo_dir, write_idx_dir
+from bayestensor.cli.main import main
+from bayestensor.data import KAGGLE_CARDINALITIES
+from bayestensor.experiments import available_experiments
+from bayestensor.experiments.auc import roc_auc
+from bayestensor.experiments.dlrm_model import DLRM, largest_tables
+from bayestensor.experiments.optim import LazyAdam
+from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
+from bayestensor.io import load, save
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# experiment name -> (id, function writing its data and returning extra CLI arguments)
+SMOKE_CASES = {
+    "digits-fc": lambda d: [],
+    "mnist-fc": lambda d: ["--data-dir", str(write_idx_dir(d / "mnist"))],
+    "fashion-mnist-fc": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
+    "fashion-mnist-cnn": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
+    "cifar10-cnn": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar"))],
+    "cifar10-resnet": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar")), "--set", "model.depth=8"],
+    "criteo-dlrm": lambda d: ["--data-dir", str(write_criteo_dir(d / "criteo"))],
+    "criteo-dlrm --synthetic": lambda d: ["--synthetic"],
+}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_every_experiment_has_a_smoke_test():
+    covered = {case.split()[0] for case in SMOKE_CASES}
+    missing = sorted(set(available_experiments()) - covered)
+    assert not missing, f"experiments without a smoke test in SMOKE_CASES: {missing}"
+
+
+@pytest.mark.parametrize("case", sorted(SMOKE_CASES))
+def test_smoke_run_writes_a_complete_run_folder(case, tmp_path):
+    name = case.split()[0]
+    args = SMOKE_CASES[case](tmp_path)
+    out = tmp_path / "runs"
+    assert main(["train", name, "--smoke", "--quiet", "--out", str(out), *args]) == 0
+    (run_dir,) = out.iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in (
+        "experiment",
+        "format",
+        "method",
+        "prior",
+        "test_accuracy",
+        "dense_params",
+        "params",
+        "compression",
+        "layers",
+        "prune_threshold",
+        "epochs",
+        "train_seconds",
+        "peak_rss_mb",
+    ):
+        assert key in report, key
+    assert report["experiment"] == name and 0.0 <= report["test_accuracy"] <= 1.0
+    assert report["compression"] == pytest.approx(report["dense_params"] / report["params"])
+    assert report["layers"], "no tensorized layer reported"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(report["epochs"]))
+    for f in ("config.toml", "checkpoint.pt", "report.md", "ranks.png", "params.png", "spectrum.png"):
+        assert (run_dir / f).is_file(), f
+    # the exported model rebuilds without the experiment code and has the pruned size
+    model = load(run_dir)
+    assert bt.count_params(model) == report["params"]
+    assert bt.ranks(model) == {k: v["final_ranks"] for k, v in report["layers"].items()}
+    if name == "criteo-dlrm":
+        assert 0.0 <= report["test_auc"] <= 1.0 and report["samples_per_second"] > 0
+        big = largest_tables(KAGGLE_CARDINALITIES, 5)
+        # --smoke keeps the true table sizes (at embedding dim 8)
+        assert report["tensorized_tables_dense_params"] == 8 * sum(KAGGLE_CARDINALITIES[t] for t in big)
+        assert report["tensorized_tables_params"] == sum(t["params"] for t in report["tensorized_tables"].values())
+        if "--synthetic" in case:
+            assert 0.5 < report["teacher_auc"] <= 1.0
+
+
+def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(tmp_path):
+    data = write_idx_dir(tmp_path / "fashion")
+    base = [sys.executable, "-m", "bayestensor", "train", "fashion-mnist-fc", "--smoke", "--quiet", "--method", "svi",
+            "--data-dir", str(data), "--epochs", "3"]  # fmt: skip
+    killed = tmp_path / "killed"
+    run = subprocess.run([*base, "--out", str(killed)], env={**env(), KILL_ENV: "2"}, capture_output=True, text=True)
+    assert run.returncode == KILL_STATUS, run.stderr
+    (run_dir,) = killed.iterdir()
+    assert not (run_dir / "report.json").exists()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = subprocess.run([*base, "--out", str(killed), "--resume"], env=env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    full = tmp_path / "full"
+    assert main(["train", *base[4:], "--out", str(full)]) == 0
+    a = json.loads((run_dir / "report.json").read_text())
+    b = json.loads((full / run_dir.name / "report.json").read_text())
+    for key in ("test_accuracy", "nll", "ece", "params", "layers", "spectra", "accuracy_before_prune"):
+        assert a[key] == b[key], key
+    rows_a = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(r) for r in (full / run_dir.name / "metrics.jsonl").read_text().splitlines()]
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows_b
+    ]
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
+    assert main(args) == 0
+    (run_dir,) = out.iterdir()
+    ckpt = run_dir / "checkpoint.pt"
+    for damaged in (ckpt.read_bytes()[: ckpt.stat().st_size // 2], b"not a checkpoint"):
+        ckpt.write_bytes(damaged)
+        capsys.readouterr()
+        assert main([*args, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "truncated or corrupt" in err and str(ckpt) in err
+        assert ckpt.read_bytes() == damaged
+
+
+def test_ddp_two_processes_prune_identically(tmp_path):
+    data = write_idx_dir(tmp_path / "fashion")
+    out = tmp_path / "runs"
+    worker = Path(__file__).with_name("_ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(worker), str(tmp_path / "dump"), "fashion-mnist-fc", "--smoke", "--quiet", "--out", str(out),
+           "--data-dir", str(data), "--epochs", "3", "--set", "train.prune_threshold=0.2"]  # fmt: skip
+    run = subprocess.run(cmd, env={**env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    dumps = [json.loads((tmp_path / f"dump.{r}.json").read_text()) for r in (0, 1)]
+    assert dumps[0]["world_size"] == dumps[1]["world_size"] == 2
+    assert dumps[0]["ranks"] == dumps[1]["ranks"] and dumps[0]["params"] == dumps[1]["params"]
+    assert dumps[0]["checksum"] == dumps[1]["checksum"]  # identical weights after pruning and training
+    assert any(r < 4 for rs in dumps[0]["ranks"].values() for r in rs), "nothing was pruned; test is vacuous"
+    (run_dir,) = out.iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["params"] == dumps[0]["params"]
+
+
+def test_export_round_trip_of_a_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    model = DLRM(
+        [50, 7, 300, 11],
+        num_dense=3,
+        embedding_dim=4,
+        bottom=[8, 4],
+        top=[6, 1],
+        tensorized=2,
+        tensor={"format": "tt", "max_rank": 3, "method": "map", "prior": "half_cauchy", "prior_kwargs": {}},
+    )
+    for _, t in bt.inference.bayesian_tensors(model):
+        t.truncate_([torch.tensor([i for i in (0, 2) if i < r]) for r in t.ranks])
+    save(model, tmp_path / "m")
+    back = load(tmp_path / "m.safetensors")
+    dense, sparse = torch.rand(5, 3), torch.stack([torch.randint(0, c, (5,)) for c in (50, 7, 300, 11)], 1)
+    model.eval()
+    assert torch.equal(back(dense, sparse), model(dense, sparse))
+    assert bt.ranks(back) == bt.ranks(model) and bt.count_params(back) == bt.count_params(model)
+
+
+def test_roc_auc_matches_the_pairwise_definition():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (300,), generator=gen).float()  # many ties
+    labels = (torch.rand(300, generator=gen) < 0.3).float()
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    expected = float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+    assert roc_auc(scores, labels) == pytest.approx(expected, abs=1e-12)
+    assert roc_auc(scores, torch.zeros(300)) != roc_auc(scores, torch.zeros(300))  # nan with one class
+
+
+def test_lazy_adam_matches_adam_and_sparse_adam():
+    torch.manual_seed(0)
+    dense_a, dense_b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    dense_b.load_state_dict(dense_a.state_dict())
+    bag_a, bag_b = torch.nn.EmbeddingBag(20, 3, sparse=True), torch.nn.EmbeddingBag(20, 3, sparse=True)
+    bag_b.load_state_dict(bag_a.state_dict())
+    ours = LazyAdam([*dense_a.parameters(), *bag_a.parameters()], lr=0.01)
+    ref_dense, ref_sparse = (
+        torch.optim.Adam(dense_b.parameters(), lr=0.01),
+        torch.optim.SparseAdam(bag_b.parameters(), lr=0.01),
+    )
+    for _ in range(5):
+        x, ids = torch.randn(6, 4), torch.randint(0, 20, (6, 2))
+        for lin, bag in ((dense_a, bag_a), (dense_b, bag_b)):
+            (lin(x).square().sum() + bag(ids).pow(3).sum()).backward()
+        ours.step()
+        ref_dense.step()
+        ref_sparse.step()
+        for opt in (ours, ref_dense, ref_sparse):
+            opt.zero_grad()
+    for a, b in ((dense_a, dense_b), (bag_a, bag_b)):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
