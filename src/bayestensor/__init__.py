@@ -14,6 +14,7 @@ from .inference import (
     prune,
     ranks,
 )
+from .io import ExportError, load, save
 from .layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
 from .priors import available_priors, get_prior
 from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_params
@@ -21,6 +22,7 @@ from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_par
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExportError",
     "FactorizedTensor",
     "TensorizedConv2d",
     "TensorizedEmbedding",
@@ -37,10 +39,12 @@ __all__ = [
     "get_format",
     "get_prior",
     "kl_weight",
+    "load",
     "negative_log_likelihood",
     "predict",
     "prior_loss",
     "prune",
     "ranks",
+    "save",
     "tensorize",
 ]

@@ -107,6 +107,7 @@ class FactorizedTensor(nn.Module):
         self.out_shape = tuple(int(s) for s in out_shape)
         self.in_shape = tuple(int(s) for s in in_shape)
         self.ranks = self.fmt.resolve_ranks(max_rank, self.out_shape, self.in_shape)
+        self.initial_ranks = list(self.ranks)  # the max ranks training started from
         self.method = method
         self.rank_update = rank_update
         self.em_step = float(em_step)
