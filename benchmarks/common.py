@@ -35,7 +35,10 @@ def interleaved_medians(
 
 
 def saved_activation_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward in one forward, not counting the module's parameters."""
+    """Bytes autograd keeps for backward in one forward, not counting the module's parameters.
+
+    This includes batch-independent intermediates such as a reconstructed weight or super-factors.
+    """
     params = {p.data_ptr() for p in module.parameters()}
     total = 0
     seen: set[tuple[int, int]] = set()
@@ -51,6 +54,12 @@ def saved_activation_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x).sum()
     return total
+
+
+def saved_bytes_per_row(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """Activation memory proper: the saved bytes that grow with the batch, per batch row."""
+    double = torch.cat([x, x]).detach().requires_grad_(x.requires_grad)
+    return (saved_activation_bytes(module, double) - saved_activation_bytes(module, x)) / x.shape[0]
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -3,7 +3,9 @@
 Run:  python benchmarks/linear.py [--batch 256] [--device cpu|cuda] [--rounds 15]
 
 All cases are timed interleaved in one run; the table reports medians and ratios to nn.Linear
-measured in that same run, plus the bytes autograd saves for backward (activation memory).
+measured in that same run. "activations" are the bytes autograd saves for backward that grow with the
+batch (per row, against nn.Linear's); "all saved" adds batch-independent intermediates such as a
+reconstructed weight or super-factors (parameters themselves are never counted).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, print_table, saved_activation_bytes  # noqa: E402
+from common import interleaved_medians, print_table, saved_activation_bytes, saved_bytes_per_row  # noqa: E402
 
 import bayestensor as bt  # noqa: E402
 
@@ -78,6 +80,7 @@ def main() -> None:
     times = interleaved_medians({k: step(m) for k, m in layers.items()}, rounds=args.rounds, sync=sync)
     dense_t = times["nn.Linear"]
     dense_mem = saved_activation_bytes(layers["nn.Linear"], x)
+    dense_row = saved_bytes_per_row(layers["nn.Linear"], x)
     rows = []
     for k, m in layers.items():
         params = sum(p.numel() for p in m.parameters()) - n  # without bias
@@ -88,12 +91,13 @@ def main() -> None:
                 f"{params / (n * n):.3f}",
                 f"{times[k] * 1e3:.3f}",
                 f"{times[k] / dense_t:.2f}x",
+                f"{saved_bytes_per_row(m, x) / dense_row:.2f}x",
                 f"{saved_activation_bytes(m, x) / dense_mem:.2f}x",
             ]
         )
     print_table(
         f"fwd+bwd, {n}x{n}, batch {args.batch}, {args.device}, threads {torch.get_num_threads()}",
-        ["layer", "weight params", "fraction", "median ms", "time / dense", "saved act. / dense"],
+        ["layer", "weight params", "fraction", "median ms", "time / dense", "activations / dense", "all saved / dense"],
         rows,
     )
     ratios = {k: times[k] / dense_t for k in times}

@@ -146,13 +146,17 @@ def prune_consistent(
 ) -> bool:
     """Prune every Bayesian tensor identically on all processes; returns whether any rank shrank.
 
-    Rank 0 computes the kept rank indices of every bond (``λ_r ≥ threshold · max λ``, as
-    :func:`bayestensor.prune`) and broadcasts them; each process then truncates its factors,
-    rank variances and optimizer state with the same indices.
+    As :func:`bayestensor.prune`, every process first rotates its bonds into the SVD gauge (a
+    deterministic function of the parameters, which DDP keeps identical); then rank 0 computes the
+    kept rank indices of every bond (relative contribution ``c_r ≥ threshold · max c``) and
+    broadcasts them, and each process truncates its factors, rank variances and optimizer state
+    with the same indices.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
     found = bayesian_tensors(model)
+    for _, t in found:
+        t.regauge_(optimizer)
     keep = None
     if ctx.is_main:
         keep = {name: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for name, t in found}
