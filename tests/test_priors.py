@@ -70,3 +70,19 @@ def test_bad_priors_raise():
         get_prior("log_uniform", eta=1.0)
     with pytest.raises(ValueError, match="unknown method 'vi'"):
         bt.TensorizedLinear(8, 8, method="vi")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_half_cauchy_update_keeps_weak_components_without_cancellation(dtype):
+    """M ≪ Dη²: the textbook root loses every digit in float32 (it gave λ = 0 and a huge M/λ term);
+    the reference is a bracketing root-finder on (D+2)λ² + (Dη² − M)λ − Mη², whose terms do not cancel."""
+    eta = 1.0
+    energy, count = [2.9e-6, 1e-12], [232.0, 5000.0]
+    got = get_prior("half_cauchy", eta=eta).map_update(
+        torch.tensor(energy, dtype=dtype), torch.tensor(count, dtype=dtype)
+    )
+    for g, m, d in zip(got.tolist(), energy, count, strict=True):
+        ref = optimize.brentq(
+            lambda lam, m=m, d=d: (d + 2) * lam**2 + (d * eta**2 - m) * lam - m * eta**2, 0.0, m, xtol=1e-30, rtol=1e-14
+        )
+        assert math.isclose(g, ref, rel_tol=1e-5)

@@ -33,7 +33,16 @@ class HalfCauchyPrior(RankPrior, name="half_cauchy"):
     def log_prob(self, variance: Tensor) -> Tensor:  # noqa: D102
         return HalfCauchy(self.eta.to(variance.dtype)).log_prob(variance.sqrt())
 
-    def map_update(self, energy: Tensor, count: Tensor) -> Tensor:  # noqa: D102
-        eta2 = self.eta.to(energy.dtype) ** 2
-        disc = energy**2 + (2 * count + 8) * eta2 * energy + eta2**2 * count**2
-        return (energy - count * eta2 + torch.sqrt(disc)) / (2 * count + 4)
+    def map_update(self, energy: Tensor, count: Tensor) -> Tensor:
+        """Positive root of the M-step quadratic, in a cancellation-free form.
+
+        With ``b = M − Dη²``, ``λ* = (b + √disc) / (2D + 4)`` when ``b ≥ 0`` and, equivalently,
+        ``λ* = 2Mη² / (√disc − b)`` when ``b < 0``: a weak component (``M ≪ Dη²``) would otherwise
+        lose all its digits to cancellation and get ``λ = 0``.
+        """
+        m, d = energy.double(), count.double()
+        eta2 = self.eta.double() ** 2
+        b = m - d * eta2
+        root = torch.sqrt(m**2 + (2 * d + 8) * eta2 * m + eta2**2 * d**2)
+        lam = torch.where(b >= 0, (b + root) / (2 * d + 4), 2 * m * eta2 / (root - b))
+        return lam.to(energy.dtype)
