@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inference import expected_calibration_error, negative_log_likelihood, predict, prior_loss
+from ..inference import expected_calibration_error, negative_log_likelihood, predict
 from .config import RunConfig
 from .distributed import DistContext
 from .progress import Console
 from .registry import Experiment
+from .step import objective_step
 
 
 @dataclass
@@ -72,15 +73,10 @@ class ClassificationTask:
         with console.progress(len(starts), f"epoch {epoch + 1}") as advance:
             for i in starts:
                 idx = perm[i : i + cfg.batch_size]
-                loss = F.cross_entropy(net(self.xtr[idx]), self.ytr[idx])
-                if bayes:
-                    reg = prior_loss(model)
-                    loss = loss + beta * reg / self.num_train
-                    total_prior += float(reg.detach())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
+                loss, reg = objective_step(
+                    F.cross_entropy(net(self.xtr[idx]), self.ytr[idx]), model, optimizer, beta, bayes, self.num_train
+                )
+                total, total_prior = total + loss, total_prior + reg
                 batches += 1
                 advance()
         return {"train_loss": total / max(batches, 1), "prior_loss": total_prior / max(batches, 1)}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ClickBatch, SyntheticClicks
-from ..inference import prior_loss, sampling
+from ..inference import sampling
 from ..layers import TensorizedEmbedding
 from .auc import binary_accuracy, binary_log_loss, roc_auc
 from .config import RunConfig
@@ -19,6 +19,7 @@ from .distributed import DistContext, gather_objects
 from .progress import Console
 from .registry import Experiment
 from .run_state import peak_rss_mb
+from .step import objective_step
 
 
 class ClicksTask:
@@ -49,15 +50,15 @@ class ClicksTask:
         with console.progress(len(self.train), f"epoch {epoch + 1}") as advance:
             for batch in self.train.epoch(epoch):
                 dense, sparse, label = self._move(batch)
-                loss = F.binary_cross_entropy_with_logits(net(dense, sparse), label)
-                if bayes:
-                    reg = prior_loss(model)
-                    loss = loss + beta * reg / self.num_train
-                    total_prior += float(reg.detach())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
+                loss, reg = objective_step(
+                    F.binary_cross_entropy_with_logits(net(dense, sparse), label),
+                    model,
+                    optimizer,
+                    beta,
+                    bayes,
+                    self.num_train,
+                )
+                total, total_prior = total + loss, total_prior + reg
                 batches += 1
                 rows += label.shape[0]
                 advance()

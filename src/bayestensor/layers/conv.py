@@ -385,11 +385,6 @@ class TensorizedConv2d(TensorizedModule):
             )
         return shape
 
-    @property
-    def format(self) -> str:
-        """Name of the tensor format."""
-        return self.weight.fmt.name
-
     def _kernel(self, factors: Sequence[Tensor]) -> Tensor:
         w = reconstruct_matrix(
             self.format, factors, self.tensor_out_shape, self.tensor_in_shape, tuple(self.weight.ranks)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import batch_bucket, plan_contraction, reconstruct_matrix, run_steps
+from ..functional import batch_bucket, plan_contraction, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 
 MODES = (None, "sum", "mean")
@@ -197,16 +197,9 @@ class TensorizedEmbedding(TensorizedModule):
             dtype=dtype,
         )
 
-    @property
-    def format(self) -> str:
-        """Name of the tensor format."""
-        return self.weight.fmt.name
-
     def full_weight(self) -> Tensor:
         """The dense ``(V, D)`` table (posterior mean). Materialises the table: for tests and export only."""
-        w = reconstruct_matrix(
-            self.format, list(self.weight.factors), self.row_shape, self.col_shape, tuple(self.weight.ranks)
-        )
+        w = self.weight.to_matrix()
         return w[: self.num_embeddings, : self.embedding_dim]
 
     # ------------------------------------------------------------------ rows

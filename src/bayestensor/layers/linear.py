@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import factorized_linear, reconstruct_matrix
+from ..functional import factorized_linear
 from ..tensors import FactorizedTensor, TensorizedModule
 
 STRATEGIES = ("auto", "factorized", "reconstruct", "einsum", "two_stage")
@@ -134,16 +134,9 @@ class TensorizedLinear(TensorizedModule):
         else:
             self.register_parameter("bias", None)
 
-    @property
-    def format(self) -> str:
-        """Name of the tensor format."""
-        return self.weight.fmt.name
-
     def full_weight(self) -> Tensor:
         """The dense ``(out_features, in_features)`` weight that :meth:`forward` applies (posterior mean)."""
-        w = reconstruct_matrix(
-            self.format, list(self.weight.factors), self.out_shape, self.in_shape, tuple(self.weight.ranks)
-        )
+        w = self.weight.to_matrix()
         return w[: self.out_features, : self.in_features]
 
     def _check_input(self, x: Tensor) -> None:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ..formats import RankSpec, Shape, get_format
+from ..functional import reconstruct_matrix
 from ..priors import get_prior
 
 METHODS = (None, "map", "svi")
@@ -160,6 +161,10 @@ class FactorizedTensor(nn.Module):
         if self.method == "svi" and (self.training or self.sample_in_eval):
             return [m + s * torch.randn_like(m) for m, s in zip(means, self.scales(), strict=True)]
         return means
+
+    def to_matrix(self) -> Tensor:
+        """The dense (padded) matrix ``(prod(out_shape), prod(in_shape))`` of the posterior-mean factors."""
+        return reconstruct_matrix(self.fmt.name, list(self.factors), self.out_shape, self.in_shape, tuple(self.ranks))
 
     def rank_variances(self) -> list[Tensor]:
         """``λ`` per bond (empty for ``method=None``)."""

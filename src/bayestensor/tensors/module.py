@@ -16,6 +16,11 @@ class TensorizedModule(nn.Module):
 
     weight: FactorizedTensor
 
+    @property
+    def format(self) -> str:
+        """Name of the tensor format."""
+        return self.weight.fmt.name
+
     def dense_params(self) -> int:
         """Parameters of the equivalent uncompressed layer (weight and bias)."""
         raise NotImplementedError
