@@ -10,6 +10,7 @@ and the traced graph holds only the einsum calls.
 from __future__ import annotations
 
 import math
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,12 +36,12 @@ def batch_bucket(batch: int) -> int:
     return 1 << max(0, int(batch) - 1).bit_length()
 
 
-def _symbols(network: Network) -> dict[str, str]:
-    names = sorted(network.sizes)
-    letters = [c for c in "acdefghijklmnopqrstuvwxyzACDEFGHIJKLMNOPQRSTUVWXYZB"]
+def index_symbols(names: Sequence[str], reserved: str = BATCH) -> dict[str, str]:
+    """Map index names (sorted) to distinct einsum letters, skipping the ``reserved`` ones."""
+    letters = [c for c in string.ascii_letters if c not in reserved]
     if len(names) > len(letters):
         raise ValueError(f"network with {len(names)} indices is too large to contract with einsum")
-    return dict(zip(names, letters, strict=False))
+    return dict(zip(sorted(names), letters, strict=False))
 
 
 def plan_contraction(
@@ -75,7 +76,7 @@ def run_steps(steps: Steps, operands: Sequence[Tensor]) -> Tensor:
 
 
 def _linear_terms(network: Network) -> tuple[dict[str, str], list[str], str, str, str]:
-    sym = _symbols(network)
+    sym = index_symbols(list(network.sizes))
     factors = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
     in_modes = "".join(sym[i] for i in network.in_indices)
     out_modes = "".join(sym[i] for i in network.out_indices)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import batch_bucket, plan_contraction, reconstruct_matrix, run_steps
+from ..functional import batch_bucket, index_symbols, plan_contraction, reconstruct_matrix, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 
 STRATEGIES = ("auto", "factorized", "reconstruct")
@@ -52,7 +52,6 @@ FACTORIZED_PENALTY = 1.2
 #: Splits whose batch-dependent cost is within the best few are planned exactly.
 _EXACT_CANDIDATES = 6
 
-_LETTERS = "acdefghijklmnoqrstuvwxyzACDEFGHIJKLMNOPQRSTUVWXYZ"  # 'b' batch, 'p' pixels reserved
 
 IntPair = int | tuple[int, int]
 
@@ -82,12 +81,6 @@ class ConvSplit:
     p_term: str
     q_term: str
     cost: float
-
-
-def _conv_symbols(names: Sequence[str]) -> dict[str, str]:
-    if len(names) > len(_LETTERS):
-        raise ValueError(f"network with {len(names)} indices is too large to contract with einsum")
-    return dict(zip(sorted(names), _LETTERS, strict=False))
 
 
 _CONV_PLANS: dict[tuple, tuple] = {}
@@ -123,7 +116,7 @@ def conv_plan(
         return _CONV_PLANS[key]
     bsz = batch_bucket(batch)
     network = get_format(fmt).network(out_shape, in_shape, ranks)
-    sym = _conv_symbols(list(network.sizes))
+    sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
     sizes = {sym[k]: v for k, v in network.sizes.items()}
     terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
     s_idx = sym[network.in_indices[0]]
@@ -234,7 +227,7 @@ def _conv_plan_payload(
     if chosen == "reconstruct" or split is None:
         return ("reconstruct", ())
     network = get_format(fmt).network(out_shape, in_shape, ranks)
-    sym = _conv_symbols(list(network.sizes))
+    sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
     sizes = {sym[k]: v for k, v in network.sizes.items()}
     terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
     p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()

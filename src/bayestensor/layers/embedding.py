@@ -30,12 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import batch_bucket, plan_contraction, run_steps
+from ..functional import batch_bucket, index_symbols, plan_contraction, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 
 MODES = (None, "sum", "mean")
 TTM_MERGE = 4
-_LETTERS = "acdefghijklmnopqrstuvwxyzACDEFGHIJKLMNOPQRSTUVWXYZ"  # 'b' is the looked-up row
 
 _EMB_PLANS: dict[tuple, tuple] = {}
 
@@ -47,10 +46,7 @@ def _embedding_plan(
     if key in _EMB_PLANS:
         return _EMB_PLANS[key]
     network = get_format(fmt).network(row_shape, col_shape, ranks)
-    names = sorted(network.sizes)
-    if len(names) > len(_LETTERS):
-        raise ValueError(f"network with {len(names)} indices is too large to contract with einsum")
-    sym = dict(zip(names, _LETTERS, strict=False))
+    sym = index_symbols(list(network.sizes))  # 'b' is the looked-up row
     sizes = {sym[k]: v for k, v in network.sizes.items()} | {"b": batch_bucket(rows)}
     gathers, terms = [], []
     for idx in network.factor_indices:
