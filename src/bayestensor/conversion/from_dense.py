@@ -66,6 +66,15 @@ def _factory(module: nn.Module, kwargs: dict) -> dict:
     return kwargs
 
 
+def _load(layer: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None, n_iter: int) -> nn.Module:
+    """Decompose ``matrix`` into ``layer``'s factors (recording the relative error) and copy ``bias``."""
+    layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
+    if bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(bias)
+    return layer
+
+
 def linear_from_dense(
     linear: nn.Linear, *, format: str = "ttm", max_rank: int | list[int] = 16, n_iter: int = 200, **kwargs
 ) -> TensorizedLinear:
@@ -85,11 +94,7 @@ def linear_from_dense(
         **_factory(linear, kwargs),
     )
     matrix = _padded(linear.weight, math.prod(layer.out_shape), math.prod(layer.in_shape))
-    layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
-    if linear.bias is not None:
-        with torch.no_grad():
-            layer.bias.copy_(linear.bias)
-    return layer
+    return _load(layer, matrix, linear.bias, n_iter)
 
 
 def conv2d_from_dense(
@@ -121,11 +126,7 @@ def conv2d_from_dense(
     matrix = F.pad(matrix, (0, math.prod(layer.in_shape) - matrix.shape[-1]))
     matrix = matrix.reshape(conv.out_channels, kh * kw * math.prod(layer.in_shape))
     matrix = _padded(matrix, math.prod(layer.out_shape), matrix.shape[1])
-    layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
-    if conv.bias is not None:
-        with torch.no_grad():
-            layer.bias.copy_(conv.bias)
-    return layer
+    return _load(layer, matrix, conv.bias, n_iter)
 
 
 def embedding_from_dense(
@@ -165,8 +166,7 @@ def embedding_from_dense(
         table = table.detach().clone()
         table[layer.padding_idx] = 0.0  # the padding row reads as zeros in the tensorized layer
     matrix = _padded(table, math.prod(layer.row_shape), math.prod(layer.col_shape))
-    layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
-    return layer
+    return _load(layer, matrix, None, n_iter)
 
 
 def from_dense(module: nn.Module, **kwargs) -> nn.Module:

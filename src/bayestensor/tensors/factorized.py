@@ -51,6 +51,11 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+def _slice_sums(t: Tensor, axis: int) -> Tensor:
+    """Sum of ``t`` over every axis but ``axis``: one value per slice along ``axis``."""
+    return t.sum(dim=[d for d in range(t.dim()) if d != axis])
+
+
 def _inverse_softplus_tensor(std: Tensor) -> Tensor:
     """``ρ`` with ``softplus(ρ) = std`` (identity above 20, where softplus is)."""
     return torch.where(std > 20, std, std.expm1().clamp_min(1e-30).log())
@@ -185,8 +190,7 @@ class FactorizedTensor(nn.Module):
         for group in groups:
             energy, count = 0.0, 0
             for f, axis in group.members:
-                dims = [d for d in range(second[f].dim()) if d != axis]
-                energy = energy + second[f].sum(dim=dims)  # (r,)
+                energy = energy + _slice_sums(second[f], axis)  # (r,)
                 count += second[f].numel() // second[f].shape[axis]
             energies.append(energy)
             counts.append(torch.full_like(energy, float(count)))
@@ -232,7 +236,7 @@ class FactorizedTensor(nn.Module):
             c = torch.ones(self.ranks[group.bond], dtype=torch.float64, device=self.factors[0].device)
             for f, axis in group.members:
                 g = self.factors[f].detach().to(torch.float64)
-                c = c * g.square().sum(dim=[d for d in range(g.dim()) if d != axis]).sqrt()
+                c = c * _slice_sums(g.square(), axis).sqrt()
             out.append(c)
         return out
 
@@ -349,7 +353,7 @@ class FactorizedTensor(nn.Module):
         norms = []
         for f, axis in members:
             g = self.factors[f]
-            norms.append(g.square().sum(dim=[d for d in range(g.dim()) if d != axis]).sqrt())
+            norms.append(_slice_sums(g.square(), axis).sqrt())
         total = torch.stack(norms).prod(0)
         alive = total > 0
         target = total.pow(1.0 / len(members))
