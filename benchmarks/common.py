@@ -11,14 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 
-def interleaved_medians(
+def interleaved_samples(
     cases: dict[str, Callable[[], object]],
     rounds: int = 15,
     inner: int = 3,
     warmup: int = 2,
     sync: Callable[[], None] = lambda: None,
-) -> dict[str, float]:
-    """Median seconds per call of each case, timing the cases A/B/C... interleaved round by round."""
+) -> dict[str, list[float]]:
+    """Seconds per call of each case in every round, timing the cases A/B/C... interleaved round by round."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -31,7 +31,22 @@ def interleaved_medians(
                 fn()
             sync()
             samples[name].append((time.perf_counter() - t0) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], **kwargs) -> dict[str, float]:
+    """Median seconds per call of each case (see :func:`interleaved_samples`)."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(cases, **kwargs).items()}
+
+
+def paired_ratios(samples: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Median over rounds of ``time(case) / time(reference)`` in the same round.
+
+    Pairing each case with the reference timed moments before it cancels the drift of a shared
+    machine's speed, which a ratio of overall medians does not.
+    """
+    ref = samples[reference]
+    return {k: statistics.median(a / b for a, b in zip(v, ref, strict=True)) for k, v in samples.items()}
 
 
 def saved_activation_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:

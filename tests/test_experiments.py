@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import bayestensor as bt
 from _datafiles import write_cifar_dir, write_criteo_dir, write_idx_dir
@@ -19,6 +20,7 @@ from bayestensor.experiments import available_experiments
 from bayestensor.experiments.auc import roc_auc
 from bayestensor.experiments.dlrm_model import DLRM, largest_tables
 from bayestensor.experiments.optim import LazyAdam
+from bayestensor.experiments.run_state import layer_table, weight_rms
 from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
 from bayestensor.io import load, save
 
@@ -90,6 +92,9 @@ def test_smoke_run_writes_a_complete_run_folder(case, tmp_path):
         assert report["tensorized_tables_params"] == sum(t["params"] for t in report["tensorized_tables"].values())
         if "--synthetic" in case:
             assert 0.5 < report["teacher_auc"] <= 1.0
+            assert report["prior_rows"] == 39_291_958  # the Kaggle training split the stream stands in for
+    for row in report["layers"].values():
+        assert row["collapsed"] == (row["weight_rms"] < 1e-2 * row["initial_weight_rms"])
 
 
 def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(tmp_path):
@@ -207,3 +212,20 @@ def test_lazy_adam_matches_adam_and_sparse_adam():
     for a, b in ((dense_a, dense_b), (bag_a, bag_b)):
         for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_table_reports_weight_rms_and_flags_collapsed_layers():
+    model = nn.Sequential(
+        bt.TensorizedLinear(24, 30, format="tt", max_rank=3, in_shape=(4, 3, 2), out_shape=(2, 5, 3), method="map"),
+        nn.ReLU(),
+        bt.TensorizedLinear(30, 10, format="ttm", max_rank=3, in_shape=(5, 6), out_shape=(2, 5), method="map"),
+    )
+    initial = weight_rms(model)
+    for name, layer in (("0", model[0]), ("2", model[2])):
+        assert initial[name] == pytest.approx(float(layer.full_weight().detach().square().mean().sqrt()), rel=1e-5)
+    with torch.no_grad():
+        for f in model[0].weight.factors:
+            f.mul_(0.1)  # six cores: the weight shrinks by 1e-6
+    table = layer_table(model, bt.ranks(model), initial)
+    assert table["0"]["collapsed"] and not table["2"]["collapsed"]
+    assert table["0"]["weight_rms"] == pytest.approx(1e-6 * initial["0"], rel=1e-4)

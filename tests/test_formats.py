@@ -8,7 +8,7 @@ import torch
 import bayestensor as bt
 from _oracle import ORACLES, tensorly_full
 from bayestensor.formats import TensorFormat, get_format
-from bayestensor.functional import reconstruct_matrix
+from bayestensor.functional import reconstruct_matrix, squared_norm
 
 # (out_shape, in_shape, max_rank) cases; paired formats (TTM) use only equal-length cases
 CASES = [((2, 3, 4), (3, 2, 2), 3), ((4, 4), (2, 5), 2), ((5,), (3,), 2), ((2, 3), (4, 1), [1, 2])]
@@ -121,3 +121,11 @@ def test_init_std_of_reconstruction_does_not_explode_or_vanish(name, num_modes):
         variances.append(reconstruct_matrix(name, fs, out_s, in_s, tuple(ranks)).pow(2).mean())
     ratio = (torch.stack(variances).mean() / target**2).item()
     assert 0.6 < ratio < 1.4, ratio
+
+
+@pytest.mark.parametrize("name,out_s,in_s,rank", ALL)
+def test_squared_norm_equals_that_of_the_reconstruction(name, out_s, in_s, rank):
+    fmt = get_format(name)
+    ranks, factors = random_factors(fmt, out_s, in_s, rank)
+    full = reconstruct_matrix(name, factors, out_s, in_s, tuple(ranks))
+    torch.testing.assert_close(squared_norm(name, factors, out_s, in_s, tuple(ranks)), full.square().sum())

@@ -111,4 +111,11 @@ def run(args: argparse.Namespace) -> int:
         f"dense params {report['dense_params']:,}  compression {report['compression']:.1f}x  "
         f"({report['train_seconds']:.1f}s)\nreport: {report['run_dir']}/report.json"
     )
+    if report.get("collapsed_layers"):
+        print(
+            f"warning: {len(report['collapsed_layers'])} tensorized layer(s) collapsed to ~0 during training "
+            f"({', '.join(report['collapsed_layers'])}): their weights shrank under 1% of their initial RMS, so "
+            "their compression is not meaningful; see report.md",
+            file=sys.stderr,
+        )
     return 0

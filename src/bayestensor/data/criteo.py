@@ -53,6 +53,9 @@ KAGGLE_CARDINALITIES: tuple[int, ...] = (
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )  # fmt: skip
 
+#: Data lines of the Kaggle ``train.txt``.
+KAGGLE_ROWS = 45_840_617
+
 #: The name of the Kaggle training file (optionally ``.gz``).
 CRITEO_FILE = "train.txt"
 #: DLRM divides the file into this many consecutive "days" and holds out the last.

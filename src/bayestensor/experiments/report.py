@@ -63,14 +63,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"| tensorized tables: compression | {report['tensorized_tables_compression']:,.0f}x |",
         ]
     lines += [
-        "| layer | format | out × in shape | initial ranks | final ranks | params | dense params |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | format | out × in shape | initial ranks | final ranks | params | dense params | weight RMS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, layer in report.get("layers", {}).items():
+        rms = "n/a"
+        if "weight_rms" in layer:
+            rms = f"{layer['initial_weight_rms']:.3g} → {layer['weight_rms']:.3g}"
+            rms += " (collapsed)" if layer["collapsed"] else ""
         lines.append(
             f"| {name} | {layer['format']} | {layer['out_shape']} × {layer['in_shape']} | {layer['initial_ranks']} "
-            f"| {layer['final_ranks']} | {layer['params']:,} | {layer['dense_params']:,} |"
+            f"| {layer['final_ranks']} | {layer['params']:,} | {layer['dense_params']:,} | {rms} |"
         )
+    if report.get("collapsed_layers"):
+        lines += [
+            "",
+            "**Collapsed layers** (weight RMS under 1% of its initial value): "
+            f"{', '.join(report['collapsed_layers'])}. They compute almost nothing, so their compression "
+            "says nothing about the ranks the data need.",
+        ]
     return lines
 
 

@@ -46,8 +46,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def layer_table(model: nn.Module, initial: dict[str, list[int]]) -> dict[str, Any]:
-    """``report.json``'s ``layers``: format, shapes, initial and final ranks, params and dense params per layer."""
+#: A tensorized layer counts as collapsed when its weight RMS falls below this fraction of its initial RMS.
+COLLAPSE_RATIO = 1e-2
+
+
+def weight_rms(model: nn.Module) -> dict[str, float]:
+    """Per tensorized layer, the RMS of its weight's entries (see :meth:`FactorizedTensor.weight_rms`)."""
+    return {name: layer.weight.weight_rms() for name, layer in tensorized_layers(model)}
+
+
+def layer_table(
+    model: nn.Module, initial: dict[str, list[int]], initial_rms: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """``report.json``'s ``layers``: format, shapes, initial and final ranks, params and dense params per layer.
+
+    With ``initial_rms`` it also holds the weight RMS at the start and the end, and ``collapsed``:
+    whether the whole weight shrank to under :data:`COLLAPSE_RATIO` of its initial size. A collapsed
+    layer computes (almost) nothing, so its compression says nothing about its ranks.
+    """
     table = {}
     for name, layer in tensorized_layers(model):
         t = layer.weight
@@ -60,4 +76,11 @@ def layer_table(model: nn.Module, initial: dict[str, list[int]]) -> dict[str, An
             "params": layer.get_num_params(),
             "dense_params": layer.dense_params(),
         }
+        if initial_rms is not None and name in initial_rms:
+            rms = t.weight_rms()
+            table[name] |= {
+                "initial_weight_rms": initial_rms[name],
+                "weight_rms": rms,
+                "collapsed": rms < COLLAPSE_RATIO * initial_rms[name],
+            }
     return table

@@ -28,7 +28,7 @@ from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
 from .run_state import lambda_spectra as _lambda_spectra
-from .run_state import layer_table, peak_rss_mb, rng_state, seed_everything, set_rng_state
+from .run_state import layer_table, peak_rss_mb, rng_state, seed_everything, set_rng_state, weight_rms
 
 CHECKPOINT = "checkpoint.pt"
 #: Test hook: exit hard (``os._exit``) right after epoch ``k`` (1-based) has been checkpointed.
@@ -107,6 +107,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     bayes = bool(bayesian_tensors(model))
     initial_ranks = ranks(model)
     initial_params = count_params(model)
+    initial_rms = weight_rms(model)
     optimizer = make_optimizer(model, cfg.train.lr)
     history: list[dict[str, Any]] = []
     start, elapsed = 0, 0.0
@@ -125,6 +126,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
         start, history, elapsed = state["epoch"] + 1, state["history"], state.get("elapsed", 0.0)
         initial_ranks, initial_params = state["initial_ranks"], state["initial_params"]
+        initial_rms = state.get("initial_rms", initial_rms)
     elif ctx.is_main:
         (run_dir / "config.toml").write_text(dump_toml(cfg.to_dict()))
     if ctx.is_main:
@@ -172,6 +174,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                     "elapsed": row["seconds"],
                     "initial_ranks": initial_ranks,
                     "initial_params": initial_params,
+                    "initial_rms": initial_rms,
                     "world_size": ctx.world_size,
                 },
                 ckpt_path,
@@ -192,6 +195,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     final = task.final_metrics(model, samples)
     params = count_params(model)
     dense = dense_params(model)
+    layers = layer_table(model, initial_ranks, initial_rms)
     report = {
         "experiment": cfg.experiment,
         "format": "dense" if cfg.model.dense else cfg.model.format,
@@ -205,9 +209,11 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "params_before_prune": params_before,
         "params": params,
         "compression": dense / params,
-        "layers": layer_table(model, initial_ranks),
+        "layers": layers,
+        "collapsed_layers": [name for name, row in layers.items() if row.get("collapsed")],
         "spectra": _lambda_spectra(model),
         "prune_threshold": cfg.train.prune_threshold,
+        "prior_rows": task.num_train,
         "epochs": cfg.train.epochs,
         "train_seconds": train_seconds,
         **task.report_extras(model, history),

@@ -1,5 +1,6 @@
 """Stateless contractions of factorized weights with inputs, planned once per shape."""
 
+from .constant import assume_constant_result
 from .contraction import (
     LinearPlan,
     batch_bucket,
@@ -9,9 +10,11 @@ from .contraction import (
     plan_contraction,
     reconstruct_matrix,
     run_steps,
+    squared_norm,
 )
 
 __all__ = [
+    "assume_constant_result",
     "LinearPlan",
     "batch_bucket",
     "factorized_linear",
@@ -20,4 +23,5 @@ __all__ = [
     "plan_contraction",
     "reconstruct_matrix",
     "run_steps",
+    "squared_norm",
 ]

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import batch_bucket, index_symbols, plan_contraction, reconstruct_matrix, run_steps
+from ..functional import (
+    assume_constant_result,
+    batch_bucket,
+    index_symbols,
+    plan_contraction,
+    reconstruct_matrix,
+    run_steps,
+)
 from ..tensors import FactorizedTensor, TensorizedModule
 
 STRATEGIES = ("auto", "factorized", "reconstruct")
@@ -188,7 +195,7 @@ def conv_plan(
     return result
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def conv_plan_constant(
     fmt: str,
     out_shape: tuple[int, ...],

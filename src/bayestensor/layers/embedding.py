@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import batch_bucket, index_symbols, plan_contraction, run_steps
+from ..functional import assume_constant_result, batch_bucket, index_symbols, plan_contraction, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 
 MODES = (None, "sum", "mean")
@@ -67,7 +67,7 @@ def _embedding_plan(
     return plan
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def embedding_plan(
     fmt: str, row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...], rows: int
 ) -> tuple:

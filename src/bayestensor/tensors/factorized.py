@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ..formats import RankSpec, Shape, get_format
-from ..functional import reconstruct_matrix
+from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
 
 METHODS = (None, "map", "svi")
@@ -170,6 +170,13 @@ class FactorizedTensor(nn.Module):
     def to_matrix(self) -> Tensor:
         """The dense (padded) matrix ``(prod(out_shape), prod(in_shape))`` of the posterior-mean factors."""
         return reconstruct_matrix(self.fmt.name, list(self.factors), self.out_shape, self.in_shape, tuple(self.ranks))
+
+    @torch.no_grad()
+    def weight_rms(self) -> float:
+        """Root mean square of the (padded) matrix's entries, ``‖W‖_F / √(M N)``, computed without forming ``W``."""
+        factors = [f.to(torch.float64) for f in self.factors]  # small tensors; no overflow in bf16 or fp16
+        sq = squared_norm(self.fmt.name, factors, self.out_shape, self.in_shape, tuple(self.ranks))
+        return math.sqrt(max(float(sq), 0.0) / (math.prod(self.out_shape) * math.prod(self.in_shape)))
 
     def rank_variances(self) -> list[Tensor]:
         """``λ`` per bond (empty for ``method=None``)."""
