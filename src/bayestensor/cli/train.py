@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..experiments import CheckpointError, ConfigError, train
     from ..experiments.progress import Console
+    from ..experiments.run_state import COLLAPSE_RATIO
 
     try:
         cfg = build_config(args)
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if report.get("collapsed_layers"):
         print(
             f"warning: {len(report['collapsed_layers'])} tensorized layer(s) collapsed to ~0 during training "
-            f"({', '.join(report['collapsed_layers'])}): their weights shrank under 1% of their initial RMS, so "
+            f"({', '.join(report['collapsed_layers'])}): their weights shrank under {COLLAPSE_RATIO:.0%} of their "
+            "initial RMS, so "
             "their compression is not meaningful; see report.md",
             file=sys.stderr,
         )

@@ -38,9 +38,10 @@ class ClicksTask:
     def __init__(self, exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.device) -> None:
         self.cfg, self.ctx, self.device = cfg, ctx, device
         self.train, self.test = exp.load_data(cfg)
-        self.num_train = len(self.train) * self.train.batch_size * ctx.world_size
         if isinstance(self.train.source, SyntheticClicks):
             self.num_train = split_bounds(KAGGLE_ROWS, "train")[1]
+        else:
+            self.num_train = len(self.train) * self.train.batch_size * ctx.world_size
         self.samples_per_second: list[float] = []
 
     def _move(self, batch: ClickBatch) -> ClickBatch:

@@ -8,6 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch
 
+from .run_state import COLLAPSE_RATIO
+
 
 class ReportError(ValueError):
     """A run folder without a readable report."""
@@ -78,7 +80,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report.get("collapsed_layers"):
         lines += [
             "",
-            "**Collapsed layers** (weight RMS under 1% of its initial value): "
+            f"**Collapsed layers** (weight RMS under {COLLAPSE_RATIO:.0%} of its initial value): "
             f"{', '.join(report['collapsed_layers'])}. They compute almost nothing, so their compression "
             "says nothing about the ranks the data need.",
         ]

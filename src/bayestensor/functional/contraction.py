@@ -148,19 +148,54 @@ class TwoStage:
     y_modes: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class LinearPlan:
+    """How a factorized linear map is evaluated at one batch bucket.
+
+    Attributes
+    ----------
+    strategy
+        ``"two_stage"``, ``"einsum"`` (one planned contraction of ``x`` with all factors) or
+        ``"reconstruct"`` (build ``W`` once, then one matmul).
+    costs
+        Cost-model estimates (penalised forward FLOPs) of every strategy considered.
+    einsum_steps, recompute
+        The planned full contraction, and whether it recomputes its intermediates in backward
+        (activation checkpointing) because keeping them would exceed the ``B · N`` input.
+    two_stage
+        The best two-stage split, if any.
+    """
+
+    strategy: str
+    costs: dict[str, float]
+    einsum_steps: Steps
+    recompute: bool
+    two_stage: TwoStage | None
+
+
 #: Per-FLOP cost of a broadcast batched GEMM relative to one large GEMM (many small products).
 BMM_PENALTY = 1.5
 #: Cost, in FLOPs, of moving one element in a permute copy (memory bound; measured on 2 CPU cores).
 MOVE_FLOPS = 64.0
 
 
-def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: list, o2: list):
-    """Stage-1 input order, super-factor index orders and stage-2 output order of one variant."""
+def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: list, o2: list, size) -> tuple:
+    """Everything one variant fixes, from its stage kinds (see :class:`TwoStage`).
+
+    Returns the stage-1 input mode order, the index orders of ``S_P`` and ``S_Q``, the stage-2
+    output mode order, ``dims = (R1, C1, R2, C2)`` and both super-factors' matrix shapes.
+    """
     if kinds == ("gemm", "gemm"):
-        return x2 + x1, x1 + o1 + k, x2 + k + o2, o1 + o2
-    if kinds == ("gemm", "bmm"):
-        return x2 + x1, x1 + k + o1, o2 + x2 + k, o2 + o1
-    return x1 + x2, o1 + k + x1, k + x2 + o2, o1 + o2  # ("bmm", "gemm")
+        orders = (x2 + x1, x1 + o1 + k, x2 + k + o2, o1 + o2)
+        dims, matrices = (x2, x1, o1, x2 + k), ((x1, o1 + k), (x2 + k, o2))
+    elif kinds == ("gemm", "bmm"):
+        orders = (x2 + x1, x1 + k + o1, o2 + x2 + k, o2 + o1)
+        dims, matrices = (x2, x1, x2 + k, o1), ((x1, k + o1), (o2, x2 + k))
+    else:  # ("bmm", "gemm")
+        orders = (x1 + x2, o1 + k + x1, k + x2 + o2, o1 + o2)
+        dims, matrices = (x1, x2, o1, k + x2), ((o1 + k, x1), (k + x2, o2))
+    shapes = tuple(tuple(size(m) for m in pair) for pair in matrices)
+    return (*orders, tuple(size(d) for d in dims), shapes)
 
 
 def _best_two_stage(
@@ -188,28 +223,19 @@ def _best_two_stage(
         stage2 = 2.0 * batch * size(o1 + x2 + k + o2)
         variants = [("gemm", "gemm")] if not x2 or not o1 else [("gemm", "bmm"), ("bmm", "gemm")]
         for kinds in variants:
-            x_order, sp, sq, y_order = _two_stage_layout(kinds, x1, x2, o1, k, o2)
+            x_order, sp, sq, y_order, dims, matrices = _two_stage_layout(kinds, x1, x2, o1, k, o2, size)
             pen1, pen2 = (BMM_PENALTY if kd == "bmm" else 1.0 for kd in kinds)
             # backward = 2x forward; recomputing the waist in backward adds one more stage-1 product
             cost = pre + pen1 * stage1 * 4.0 / 3.0 + pen2 * stage2
             cost += MOVE_FLOPS * ((n_x if x_order != ins else 0) + (n_y if y_order != outs else 0))
             if best is None or cost < best[0]:
-                best = (cost, p, q, kinds, x_order, sp, sq, y_order, x1, x2, o1, k, o2)
+                best = (cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices)
     if best is None:
         return None
-    cost, p, q, kinds, x_order, sp, sq, y_order, x1, x2, o1, k, o2 = best
+    cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices = best
     p_steps, p_flops, _ = plan_contraction([terms[f] for f in p], "".join(sp), sizes)
     q_steps, q_flops, _ = plan_contraction([terms[f] for f in q], "".join(sq), sizes)
     cost += p_flops + q_flops - 2.0 * (size(sp) * len(p) + size(sq) * len(q))
-    if kinds == ("bmm", "gemm"):
-        dims = (size(x1), size(x2), size(o1), size(k + x2))
-        matrices = ((size(o1 + k), size(x1)), (size(k + x2), size(o2)))
-    elif kinds == ("gemm", "bmm"):
-        dims = (size(x2), size(x1), size(x2 + k), size(o1))
-        matrices = ((size(x1), size(k + o1)), (size(o2), size(x2 + k)))
-    else:
-        dims = (size(x2), size(x1), size(o1), size(x2 + k))
-        matrices = ((size(x1), size(o1 + k)), (size(x2 + k), size(o2)))
     stage = TwoStage(
         p,
         q,
@@ -223,31 +249,6 @@ def _best_two_stage(
         tuple(sizes[c] for c in y_order),
     )
     return stage, cost
-
-
-@dataclass(frozen=True)
-class LinearPlan:
-    """How a factorized linear map is evaluated at one batch bucket.
-
-    Attributes
-    ----------
-    strategy
-        ``"two_stage"``, ``"einsum"`` (one planned contraction of ``x`` with all factors) or
-        ``"reconstruct"`` (build ``W`` once, then one matmul).
-    costs
-        Cost-model estimates (penalised forward FLOPs) of every strategy considered.
-    einsum_steps, recompute
-        The planned full contraction, and whether it recomputes its intermediates in backward
-        (activation checkpointing) because keeping them would exceed the ``B · N`` input.
-    two_stage
-        The best two-stage split, if any.
-    """
-
-    strategy: str
-    costs: dict[str, float]
-    einsum_steps: Steps
-    recompute: bool
-    two_stage: TwoStage | None
 
 
 _RECON_CACHE: dict[tuple, tuple[Steps, float]] = {}
