@@ -1,0 +1,98 @@
+"""A/B of the planned contractions: this checkout's ``functional/contraction.py`` against a git revision's.
+
+Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25]
+
+Both versions run side by side in one process on the same factors: the older file is read with
+``git show REV:src/bayestensor/functional/contraction.py`` and imported as a separate module. Cases,
+all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256, float32:
+
+* ``factorized_linear`` of each format (the strategy its cost model picks), against ``nn.Linear``;
+* the reconstruction of ``W`` alone (``reconstruct_matrix``, then backward of a fixed gradient),
+  this checkout's time over the base's;
+* a copy of a TTM-weight-sized tensor into ``(out, in)`` layout from the interleaved ``(m_k, n_k)``
+  layout and from the grouped one.
+
+Ratios are medians over rounds of each case's time over the reference's in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_samples, paired_ratios, print_table  # noqa: E402
+
+import bayestensor as bt  # noqa: E402
+from bayestensor.functional import contraction as current  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (4, 4, 8, 8)
+CASES = (("ttm", 4), ("ttm", 38), ("tt", 16), ("tt", 76), ("tucker", 4), ("cp", 1024))
+
+
+def load_revision(rev: str) -> types.ModuleType:
+    """``functional/contraction.py`` as it was at ``rev``, imported as its own module."""
+    src = subprocess.run(
+        ["git", "show", f"{rev}:src/bayestensor/functional/contraction.py"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    src = re.sub(r"from \.\.(\w+)", r"from bayestensor.\1", src)
+    src = re.sub(r"from \.(\w+)", r"from bayestensor.functional.\1", src)
+    module = types.ModuleType(f"contraction_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(src, f"{rev}:contraction.py", "exec"), module.__dict__)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="f21ddcb", help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=25)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    base = load_revision(args.base)
+    x = torch.randn(256, 1024, requires_grad=True)
+    dense = torch.nn.Linear(1024, 1024, bias=False)
+    grad_w = torch.randn(1024, 1024)
+    linear = {"nn.Linear": lambda: dense(x).sum().backward()}
+    recon = {}
+    for fmt, rank in CASES:
+        layer = bt.TensorizedLinear(1024, 1024, format=fmt, max_rank=rank, in_shape=SHAPE, out_shape=SHAPE)
+        ranks, factors = tuple(layer.weight.ranks), list(layer.weight.factors)
+        for tag, mod in ((args.base, base), ("this checkout", current)):
+            linear[f"{fmt} r={rank} {tag}"] = lambda mod=mod, f=factors, fmt=fmt, r=ranks: (
+                mod.factorized_linear(x, fmt, f, SHAPE, SHAPE, r).sum().backward()
+            )
+            recon[f"{fmt} r={rank} {tag}"] = lambda mod=mod, f=factors, fmt=fmt, r=ranks: mod.reconstruct_matrix(
+                fmt, f, SHAPE, SHAPE, r
+            ).backward(grad_w)
+    lin = paired_ratios(interleaved_samples(linear, rounds=args.rounds, inner=2), "nn.Linear")
+    rows = [[k, f"{v:.3f}x"] for k, v in lin.items()]
+    print_table("factorized_linear fwd+bwd, time / nn.Linear", ["case", "ratio"], rows)
+    rec = interleaved_samples(recon, rounds=args.rounds, inner=2)
+    rows = []
+    for fmt, rank in CASES:
+        old_key, new_key = f"{fmt} r={rank} {args.base}", f"{fmt} r={rank} this checkout"
+        rows.append([f"{fmt} r={rank}", f"{paired_ratios(rec, old_key)[new_key]:.3f}x"])
+    print_table(f"reconstruct_matrix fwd+bwd, this checkout / {args.base}", ["case", "ratio"], rows)
+    interleaved = torch.randn(4, 4, 4, 4, 8, 8, 8, 8)  # (m1, n1, m2, n2, m3, n3, m4, n4)
+    grouped = torch.randn(4, 4, 4, 4, 8, 8, 8, 8)  # (m1, m2, n1, n2, m3, m4, n3, n4)
+    copies = {
+        "interleaved (m_k, n_k)": lambda: interleaved.permute(0, 2, 4, 6, 1, 3, 5, 7).contiguous(),
+        "grouped": lambda: grouped.permute(0, 1, 4, 5, 2, 3, 6, 7).contiguous(),
+        "plain copy": lambda: grouped.clone(),
+    }
+    cop = paired_ratios(interleaved_samples(copies, rounds=args.rounds), "plain copy")
+    print_table("TTM weight into (out, in) layout, time / plain copy", ["layout of the source", "ratio"],
+                [[k, f"{v:.2f}x"] for k, v in cop.items()])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
