@@ -1,8 +1,11 @@
-"""Shared helpers for the side-by-side benchmarks: interleaved timing, saved-activation bytes, tables."""
+"""Shared helpers for the side-by-side benchmarks: interleaved timing, saved-activation and peak bytes, tables."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -75,6 +78,47 @@ def saved_bytes_per_row(module: torch.nn.Module, x: torch.Tensor) -> float:
     """Activation memory proper: the saved bytes that grow with the batch, per batch row."""
     double = torch.cat([x, x]).detach().requires_grad_(x.requires_grad)
     return (saved_activation_bytes(module, double) - saved_activation_bytes(module, x)) / x.shape[0]
+
+
+def peak_step_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Peak bytes the allocator holds above its starting level during one fwd+bwd of ``module(x).sum()``.
+
+    Everything the step allocates counts: outputs, the waist or a reconstructed weight, gradient
+    buffers (the parameters' and ``x``'s gradients are reset first, so each step allocates them).
+    On CPU the level is the ``Total Allocated`` of the profiler's memory events; on CUDA it is
+    ``torch.cuda.max_memory_allocated``.
+    """
+
+    def reset() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    reset()
+    module(x).sum().backward()  # warm plan caches
+    reset()  # outside the measured region: freeing earlier buffers is not part of the step
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        module(x).sum().backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        module(x).sum().backward()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = [e["args"] for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"]
+    finally:
+        os.remove(path)
+    if not events:
+        return 0
+    start = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return max(e["Total Allocated"] for e in events) - start
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

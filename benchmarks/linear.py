@@ -6,7 +6,9 @@ All cases are timed interleaved in one run; the table reports medians, and ratio
 rounds of each case's time over nn.Linear's in the same round. "activations" are the bytes autograd
 saves for backward that grow with the batch (per row, against nn.Linear's); "all saved" adds
 batch-independent intermediates such as a reconstructed weight or super-factors (parameters
-themselves are never counted). TensorLy-Torch layers get exactly our ranks.
+themselves are never counted). "peak" is the most memory one fwd+bwd step allocates at once
+(outputs, intermediates and gradient buffers; :func:`common.peak_step_bytes`), against nn.Linear's
+step (``nn.Linear``: ``y``, ``∂x`` and ``∂W``). TensorLy-Torch layers get exactly our ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_samples, paired_ratios, print_table, saved_activation_bytes, saved_bytes_per_row  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_samples,
+    paired_ratios,
+    peak_step_bytes,
+    print_table,
+    saved_activation_bytes,
+    saved_bytes_per_row,
+)
 
 import bayestensor as bt  # noqa: E402
 
@@ -86,6 +95,7 @@ def main() -> None:
     ratios = paired_ratios(samples, "nn.Linear")
     dense_mem = saved_activation_bytes(layers["nn.Linear"], x)
     dense_row = saved_bytes_per_row(layers["nn.Linear"], x)
+    dense_peak = peak_step_bytes(layers["nn.Linear"], x)
     rows = []
     for k, m in layers.items():
         params = sum(p.numel() for p in m.parameters()) - n  # without bias
@@ -98,11 +108,13 @@ def main() -> None:
                 f"{ratios[k]:.2f}x",
                 f"{saved_bytes_per_row(m, x) / dense_row:.2f}x",
                 f"{saved_activation_bytes(m, x) / dense_mem:.2f}x",
+                f"{peak_step_bytes(m, x) / dense_peak:.2f}x",
             ]
         )
     print_table(
         f"fwd+bwd, {n}x{n}, batch {args.batch}, {args.device}, threads {torch.get_num_threads()}",
-        ["layer", "weight params", "fraction", "median ms", "time / dense", "activations / dense", "all saved / dense"],
+        ["layer", "weight params", "fraction", "median ms", "time / dense", "activations / dense", "all saved / dense"]
+        + ["peak / dense"],
         rows,
     )
     for ours, theirs in (("ttm", "tltorch blocktt"), ("cp", "tltorch cp"), ("tucker", "tltorch tucker")):

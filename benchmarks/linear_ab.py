@@ -1,10 +1,10 @@
 """A/B of the planned contractions: this checkout's ``functional/contraction.py`` against a git revision's.
 
-Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25]
+Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256]
 
 Both versions run side by side in one process on the same factors: the older file is read with
 ``git show REV:src/bayestensor/functional/contraction.py`` and imported as a separate module. Cases,
-all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256, float32:
+all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256 (``--batch``), float32:
 
 * ``factorized_linear`` of each format (the strategy its cost model picks), against ``nn.Linear``;
 * the reconstruction of ``W`` alone (``reconstruct_matrix``, then backward of a fixed gradient),
@@ -55,10 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="f21ddcb", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
     torch.manual_seed(0)
     base = load_revision(args.base)
-    x = torch.randn(256, 1024, requires_grad=True)
+    x = torch.randn(args.batch, 1024, requires_grad=True)
     dense = torch.nn.Linear(1024, 1024, bias=False)
     grad_w = torch.randn(1024, 1024)
     linear = {"nn.Linear": lambda: dense(x).sum().backward()}

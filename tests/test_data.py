@@ -430,6 +430,30 @@ def test_synthetic_clicks_heavy_tailed_and_learnable():
     assert float(logits[b.label == 1].mean()) > float(logits[b.label == 0].mean()) + 0.5
 
 
+def test_synthetic_tt_teacher_is_a_planted_tensor_train():
+    cards = [1000] * 26  # row modes (10, 10, 10)
+    data = SyntheticClicks(num_batches=1, batch_size=4096, seed=3, cardinalities=cards, teacher="tt", teacher_tt_rank=3)
+    table = data.teacher_table(5)  # (1000, r = 8)
+    assert table.shape == (1000, 8) and 0.6 < table.std() < 1.6 and abs(table.mean()) < 0.2
+    grid = table.reshape(10, 10, 10, 8)
+    # the TT ranks of the planted table are its unfolding ranks: (3, 3) between row modes, 8 at the columns
+    assert np.linalg.matrix_rank(grid.reshape(10, 800)) == 3
+    assert np.linalg.matrix_rank(grid.reshape(100, 80)) == 3
+    assert np.linalg.matrix_rank(table) == 8
+    b = data.batch(0)
+    assert torch.equal(b.sparse, SyntheticClicks(1, 4096, seed=3, cardinalities=cards, teacher="tt").batch(0).sparse)
+    rows = data.teacher_embedding(b.sparse)[:, 5, :]
+    np.testing.assert_allclose(rows, table[b.sparse[:, 5].numpy()])  # lookups agree with the table
+    logits = data.teacher_logits(b.dense, b.sparse)
+    assert float(logits[b.label == 1].mean()) > float(logits[b.label == 0].mean()) + 0.5
+    other = SyntheticClicks(1, 64, seed=4, cardinalities=cards, teacher="tt", teacher_tt_rank=3).teacher_table(5)
+    assert not np.allclose(other, table)
+    with pytest.raises(ValueError, match=r"teacher must be one of \('hashed', 'tt'\), got 'lowrank'"):
+        SyntheticClicks(1, teacher="lowrank")
+    with pytest.raises(ValueError, match="teacher_tt_rank >= 1"):
+        SyntheticClicks(1, teacher="tt", teacher_tt_rank=0)
+
+
 def test_synthetic_small_tables_and_validation():
     cards = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6]
     b = SyntheticClicks(num_batches=1, batch_size=512, seed=1, cardinalities=cards, zipf_exponent=1.0).batch(0)

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 import bayestensor as bt
 from _oracle import tensorly_full
+from bayestensor.functional import ROW_KERNELS
 from bayestensor.layers.embedding import TensorizedEmbedding
 
 FORMATS = ["tt", "ttm", "tucker", "cp"]
@@ -23,6 +24,17 @@ def ids_with_repeats(n=24, seed=0):
     ids[[1, 4, 9]] = 3
     ids[[2, 7]] = V - 1
     return ids
+
+
+@pytest.mark.parametrize("fmt", sorted(ROW_KERNELS))
+@pytest.mark.parametrize("n", [1, 24, 400])  # below and above the sizes at which the kernels pre-merge cores
+def test_registered_row_kernels_match_the_planned_contraction_and_the_table(fmt, n, monkeypatch):
+    m = make(fmt)
+    ids = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(n))
+    fast = m.rows(ids)
+    monkeypatch.delitem(ROW_KERNELS, fmt)  # gather_rows now plans the generic contraction
+    torch.testing.assert_close(m.rows(ids), fast)
+    torch.testing.assert_close(fast, m.full_weight()[ids])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

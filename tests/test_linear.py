@@ -169,6 +169,21 @@ TWO_STAGE_VARIANTS = [
 ]
 
 
+def _check_against_dense(layer, x):
+    """Output against ``F.linear`` of the full weight; gradients by gradcheck or through the reconstruction."""
+    torch.testing.assert_close(layer(x), F.linear(x, layer.full_weight(), layer.bias), rtol=1e-10, atol=1e-12)
+    if x.shape[-1] <= 64:
+        assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *layer.parameters()), fast_mode=True)
+        return
+    layer(x).square().sum().backward()
+    got = [x.grad, *(p.grad for p in layer.parameters())]
+    x.grad = None
+    layer.zero_grad()
+    F.linear(x, layer.full_weight(), layer.bias).square().sum().backward()
+    for g, ref in zip(got, [x.grad, *(p.grad for p in layer.parameters())], strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
 def test_every_two_stage_layout_matches_dense_and_passes_gradcheck(fmt, in_s, out_s, rank, batch, kinds, permuted):
     n_in, n_out = math.prod(in_s), math.prod(out_s)
@@ -176,18 +191,22 @@ def test_every_two_stage_layout_matches_dense_and_passes_gradcheck(fmt, in_s, ou
     split = linear_plan(fmt, out_s, in_s, tuple(layer.weight.ranks), batch).two_stage
     assert split.kinds == kinds
     assert (split.x_perm != tuple(range(len(in_s) + 1))) == permuted
-    x = torch.randn(batch, n_in, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(layer(x), F.linear(x, layer.full_weight(), layer.bias), rtol=1e-10, atol=1e-12)
-    if n_in <= 64:
-        assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *layer.parameters()), fast_mode=True)
-    else:  # gradients against autograd through the dense reconstruction
-        layer(x).square().sum().backward()
-        got = [x.grad, *(p.grad for p in layer.parameters())]
-        x.grad = None
-        layer.zero_grad()
-        F.linear(x, layer.full_weight(), layer.bias).square().sum().backward()
-        for g, ref in zip(got, [x.grad, *(p.grad for p in layer.parameters())], strict=True):
-            torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-10)
+    _check_against_dense(layer, torch.randn(batch, n_in, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
+def test_two_stage_in_cache_sized_chunks_matches_dense(fmt, in_s, out_s, rank, batch, kinds, permuted, monkeypatch):
+    """A batch run in passes of 2 rows (the last one ragged) gives dense outputs and gradients."""
+    from bayestensor.functional import contraction
+
+    n_in, n_out = math.prod(in_s), math.prod(out_s)
+    layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
+    ranks = tuple(layer.weight.ranks)
+    dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
+    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
+    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
+    assert linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.chunk_rows == 2
+    _check_against_dense(layer, torch.randn(5, n_in, dtype=torch.float64, requires_grad=True))
 
 
 def test_ttm_two_stage_moves_no_data_at_the_benchmark_shape():

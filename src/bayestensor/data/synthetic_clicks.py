@@ -1,9 +1,9 @@
 """Synthetic click-through data from a fixed random "teacher", at the true Criteo Kaggle table sizes.
 
-Nothing of table size is ever materialised: a teacher embedding row is computed on demand from a
-hash of ``(table, id, coordinate)``, so the generator needs a few kilobytes whatever the
-cardinalities, while a dense student model of the same tables would need ~4.3e9 parameters at
-embedding dimension 128.
+Nothing of table size is ever materialised: a teacher embedding row is computed on demand, from a
+hash of ``(table, id, coordinate)`` or from small TT cores, so the generator needs a few kilobytes
+(hashed) or a few hundred kilobytes (TT) whatever the cardinalities, while a dense student model of
+the same tables would need ~4.3e9 parameters at embedding dimension 128.
 
 Generative model (for one row)
 ------------------------------
@@ -14,8 +14,19 @@ Generative model (for one row)
   table as in real hashed data.
 * **Dense features.** 13 counts ``floor(exp(N(μ_j, σ_j²)))`` (a fraction ``p_j`` of them missing,
   i.e. 0), then DLRM's ``log(1 + x)``.
-* **Teacher.** Each categorical value gets a ``teacher_rank``-dimensional vector ``e_t(id)`` of
-  hashed uniform random features (zero mean, unit variance); the dense features get
+* **Teacher.** Each categorical value gets a ``teacher_rank``-dimensional vector ``e_t(id)`` with
+  zero-mean, unit-variance coordinates, of one of two kinds (``teacher``):
+
+  - ``"hashed"``: independent hashed uniform features per id. The tables have no structure a
+    low-rank student could find, only what it can memorise of the popular ids.
+  - ``"tt"``: a planted tensor train. With ``id`` written in mixed radix over
+    ``tensorized_shape(C_t, teacher_modes)`` (the row shape a tensorized student table uses),
+    ``e_t(id) = G_1[:, v_1, :] G_2[:, v_2, :] ⋯ G_d[:, v_d, :]``, cores ``(R, n_k, R)`` with
+    ``R = teacher_tt_rank`` (``1`` on the left, ``teacher_rank`` on the right) and Gaussian
+    entries of variance ``1 / r_{k-1}``. Each table is then exactly a TT of ranks
+    ``(R, …, R, teacher_rank)``: ground truth for rank determination.
+
+  The dense features get
   ``v_0 = W (d - m) / s`` with a fixed Gaussian ``W``. With ``V = [v_0, e_1, …, e_26]``, the
   logit is ``bias + α/√27 Σ_t ⟨w_t, v_t⟩ + β/√(351 r) Σ_{s<t} ⟨v_s, v_t⟩`` — first-order terms
   plus DLRM-style pairwise dot interactions — and the label is ``Bernoulli(sigmoid(logit))``. The
@@ -35,10 +46,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..formats import tensorized_shape
 from .click_batch import NUM_DENSE, NUM_SPARSE, ClickBatch
 from .criteo import KAGGLE_CARDINALITIES, check_cardinalities
 
 _SPLIT_STREAM = {"train": 0, "test": 1}
+TEACHERS = ("hashed", "tt")
 _TEACHER_STREAM = 0x7EAC4E12
 _CALIBRATION_ROWS = 4096
 
@@ -91,7 +104,11 @@ class SyntheticClicks:
     zipf_exponent
         Power-law exponent ``s > 0`` of the id popularity (larger: more concentrated on few ids).
     teacher_rank
-        Dimension ``r`` of the teacher's hashed embedding vectors.
+        Dimension ``r`` of the teacher's embedding vectors.
+    teacher
+        ``"hashed"`` (independent features per id) or ``"tt"`` (a planted tensor train per table).
+    teacher_tt_rank, teacher_modes
+        For ``teacher="tt"``: the TT rank ``R`` between row modes, and the number of row modes.
     first_order, interaction
         Scales ``α`` and ``β`` of the first-order and pairwise parts of the teacher logit.
     click_rate
@@ -118,6 +135,9 @@ class SyntheticClicks:
         cardinalities: Sequence[int] = KAGGLE_CARDINALITIES,
         zipf_exponent: float = 1.05,
         teacher_rank: int = 8,
+        teacher: str = "hashed",
+        teacher_tt_rank: int = 4,
+        teacher_modes: int = 3,
         first_order: float = 1.0,
         interaction: float = 1.0,
         click_rate: float = 0.256,
@@ -132,6 +152,12 @@ class SyntheticClicks:
             raise ValueError(f"zipf_exponent must be > 0, got {zipf_exponent}")
         if teacher_rank < 1:
             raise ValueError(f"teacher_rank must be >= 1, got {teacher_rank}")
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+        if teacher_tt_rank < 1 or teacher_modes < 1:
+            raise ValueError(
+                f"expected teacher_tt_rank >= 1 and teacher_modes >= 1, got {teacher_tt_rank} and {teacher_modes}"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if not 0.0 < click_rate < 1.0:
@@ -145,6 +171,9 @@ class SyntheticClicks:
         self.cardinalities = check_cardinalities(cardinalities)
         self.zipf_exponent = float(zipf_exponent)
         self.teacher_rank = int(teacher_rank)
+        self.teacher = teacher
+        self.teacher_tt_rank = int(teacher_tt_rank)
+        self.teacher_modes = int(teacher_modes)
         self.first_order = float(first_order)
         self.interaction = float(interaction)
         self.click_rate = float(click_rate)
@@ -162,6 +191,20 @@ class SyntheticClicks:
         self._dense_missing = rng.uniform(0.0, 0.45, NUM_DENSE)
         self._dense_w = rng.normal(0.0, 1.0 / math.sqrt(NUM_DENSE), (NUM_DENSE, r))
         self._first_w = rng.normal(0.0, 1.0 / math.sqrt(r), (1 + NUM_SPARSE, r))
+        # TT cores from their own stream, so the hashed teacher's draws stay as they were
+        self._tt_shapes: list[tuple[int, ...]] = []
+        self._tt_cores: list[list[np.ndarray]] = []
+        if teacher == "tt":
+            tt_rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TEACHER_STREAM, 2]))
+            for c in self.cardinalities:
+                shape = tensorized_shape(c, self.teacher_modes)
+                ranks = [1] + [self.teacher_tt_rank] * (len(shape) - 1) + [r]
+                self._tt_shapes.append(shape)
+                cores = [
+                    tt_rng.normal(0.0, 1.0 / math.sqrt(ranks[k]), (ranks[k], n, ranks[k + 1]))
+                    for k, n in enumerate(shape)
+                ]
+                self._tt_cores.append([np.ascontiguousarray(g.transpose(1, 0, 2)) for g in cores])  # (n_k, r, r')
         # Standardise the teacher's dense input and set its bias to hit `click_rate`, both from a
         # calibration sample drawn from its own stream, so the teacher stays a pure function of the seed.
         self._dense_m = np.zeros(NUM_DENSE)
@@ -200,8 +243,11 @@ class SyntheticClicks:
     def teacher_embedding(self, sparse: torch.Tensor | np.ndarray) -> np.ndarray:
         """The teacher's vectors ``e_t(id)`` for ids ``sparse`` ``(B, 26)``: ``float64`` ``(B, 26, r)``.
 
-        Computed from a hash of ``(seed, table, id, coordinate)``; uniform on ``[-√3, √3)``.
+        ``"hashed"``: from a hash of ``(seed, table, id, coordinate)``, uniform on ``[-√3, √3)``.
+        ``"tt"``: the product of the TT cores' slices at the id's mixed-radix digits.
         """
+        if self.teacher == "tt":
+            return self._tt_embedding(np.asarray(sparse, dtype=np.int64))
         ids = np.asarray(sparse, dtype=np.int64).astype(np.uint64)
         r = self.teacher_rank
         table = np.arange(NUM_SPARSE, dtype=np.uint64)[:, None] * np.uint64(r) + np.arange(r, dtype=np.uint64)
@@ -209,6 +255,26 @@ class SyntheticClicks:
         bits = _splitmix64(key) >> np.uint64(11)
         u = bits.astype(np.float64) * (1.0 / 2.0**53)
         return (u * 2.0 - 1.0) * math.sqrt(3.0)
+
+    def _tt_embedding(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((*ids.shape, self.teacher_rank))
+        for t, (shape, cores) in enumerate(zip(self._tt_shapes, self._tt_cores, strict=True)):
+            rem, digits = ids[..., t], []
+            for n in reversed(shape):  # mixed radix, last mode fastest (as TensorizedEmbedding)
+                digits.append(rem % n)
+                rem = rem // n
+            digits.reverse()
+            v = cores[0][digits[0]]  # (..., 1, R)
+            for core, d in zip(cores[1:], digits[1:], strict=True):
+                v = np.matmul(v, core[d])  # (..., 1, R) @ (..., R, R') -> (..., 1, R')
+            out[..., t, :] = v[..., 0, :]
+        return out
+
+    def teacher_table(self, table: int) -> np.ndarray:
+        """The whole ``(C_t, r)`` teacher table ``t`` (for checks on small tables; materialises it)."""
+        ids = np.zeros((self.cardinalities[table], NUM_SPARSE), dtype=np.int64)
+        ids[:, table] = np.arange(self.cardinalities[table])
+        return self.teacher_embedding(ids)[:, table, :]
 
     def teacher_logits(self, dense: torch.Tensor | np.ndarray, sparse: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The teacher's click logits for a batch (its sigmoid is the true click probability).
@@ -256,5 +322,6 @@ class SyntheticClicks:
     def __repr__(self) -> str:
         return (
             f"SyntheticClicks(num_batches={self.num_batches}, batch_size={self.batch_size}, seed={self.seed}, "
-            f"split={self.split!r}, zipf_exponent={self.zipf_exponent}, teacher_rank={self.teacher_rank})"
+            f"split={self.split!r}, zipf_exponent={self.zipf_exponent}, teacher={self.teacher!r}, "
+            f"teacher_rank={self.teacher_rank})"
         )

@@ -65,6 +65,8 @@ class DataConfig:
     train_batches: int = 200  # DLRM synthetic: batches per epoch (all processes together)
     test_batches: int = 20  # DLRM: synthetic test batches; for train.txt, 0 = the whole held-out split
     max_cardinality: int = 0  # DLRM: cap every table at this many rows (0 = the true sizes)
+    teacher: str = "tt"  # DLRM synthetic: "tt" (planted TT tables) or "hashed" (independent per-id features)
+    teacher_tt_rank: int = 4  # DLRM synthetic, teacher "tt": TT rank between the teacher tables' row modes
 
 
 @dataclass

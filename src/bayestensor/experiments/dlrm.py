@@ -9,7 +9,10 @@ Synthetic data (``--set data.synthetic=true`` or ``--synthetic``): :class:`~baye
 with the true Kaggle cardinalities (26 tables, 33.8M rows). A dense DLRM would need about
 4.3e9 embedding parameters; with the 5 largest tables tensorized the model has about 73M (the 21
 small plain tables) and trains on a 2-core machine. ``data.train_batches`` batches of
-``train.batch_size`` rows make one epoch, each epoch fresh rows.
+``train.batch_size`` rows make one epoch, each epoch fresh rows. The teacher's tables are planted
+tensor trains (``data.teacher = "tt"``, TT rank ``data.teacher_tt_rank`` over the student's row
+modes), so there are ranks to find; ``data.teacher = "hashed"`` gives every id independent
+features instead, which no low-rank table can compress.
 
 The model is :class:`~.dlrm_model.DLRM`; the loop is the clicks task of :mod:`.clicks`.
 """
@@ -71,15 +74,15 @@ def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]
     cards = cardinalities(cfg)
     bs = cfg.train.batch_size
     if cfg.data.synthetic:
-        train = SyntheticClicks(
-            cfg.data.train_batches,
-            bs,
-            seed=cfg.train.seed,
-            cardinalities=cards,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
-        test = SyntheticClicks(cfg.data.test_batches, bs, seed=cfg.train.seed, split="test", cardinalities=cards)
+        teacher = {
+            "seed": cfg.train.seed,
+            "cardinalities": cards,
+            "teacher": cfg.data.teacher,
+            "teacher_tt_rank": cfg.data.teacher_tt_rank,
+            "teacher_modes": cfg.model.table_modes,
+        }
+        train = SyntheticClicks(cfg.data.train_batches, bs, rank=ctx.rank, world_size=ctx.world_size, **teacher)
+        test = SyntheticClicks(cfg.data.test_batches, bs, split="test", **teacher)
         return ClickStream(train, cfg.data.train_batches // ctx.world_size, ctx.rank, ctx.world_size), test
     if not cfg.data.data_dir:
         raise ConfigError("criteo-dlrm needs --data-dir (the folder with Criteo Kaggle's train.txt) or --synthetic")
@@ -132,7 +135,7 @@ def _model(cfg: RunConfig) -> DLRM:
 
 def _defaults(cfg: RunConfig) -> None:
     cfg.model.format, cfg.model.max_rank = "tt", 16
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 2048, 1e-3, 1
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 2048, 5e-3, 1  # the paper's lr
     cfg.train.kl_weight, cfg.train.no_kl_epochs, cfg.train.warmup_epochs = 1.0, 0, 1
     cfg.train.prune_start, cfg.train.prune_every = 1, 1
 

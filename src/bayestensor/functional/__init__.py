@@ -12,16 +12,21 @@ from .contraction import (
     run_steps,
     squared_norm,
 )
+from .rows import ROW_KERNELS, embedding_plan, gather_rows, register_row_kernel
 
 __all__ = [
     "assume_constant_result",
     "LinearPlan",
+    "ROW_KERNELS",
     "batch_bucket",
+    "embedding_plan",
     "factorized_linear",
+    "gather_rows",
     "index_symbols",
     "linear_plan",
     "plan_contraction",
     "reconstruct_matrix",
+    "register_row_kernel",
     "run_steps",
     "squared_norm",
 ]

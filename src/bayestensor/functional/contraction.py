@@ -134,6 +134,10 @@ class TwoStage:
     are permuted, both of the size of the layer's input or output. This covers the TT bond
     split ``y = (x Aᵀ) Cᵀ``, TTM splits at any bond without moving data, CP through Khatri-Rao
     products and Tucker through (input factors) / (core + output factors).
+
+    On CPU both stages run ``chunk_rows`` batch rows at a time, with ``chunk_rows · R2 · C2`` at
+    most :data:`WAIST_CHUNK_ELEMS`, so the waist (4× the size of ``x`` for TTM rank 4 at 1024 ×
+    1024) stays in cache between the stage that writes it and the one that reads it.
     """
 
     p_factors: tuple[int, ...]
@@ -146,6 +150,7 @@ class TwoStage:
     matrices: tuple[tuple[int, int], tuple[int, int]]  # S_P and S_Q as matrices
     y_perm: tuple[int, ...]  # stage-2 output (B, *y_modes) -> (B, *out_shape)
     y_modes: tuple[int, ...]
+    chunk_rows: int  # batch rows per pass on CPU, so that one pass's waist fits in cache
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class LinearPlan:
 BMM_PENALTY = 1.5
 #: Cost, in FLOPs, of moving one element in a permute copy (memory bound; measured on 2 CPU cores).
 MOVE_FLOPS = 64.0
+#: Waist elements per pass of a chunked two-stage product on CPU (1 MiB of float32, about a core's L2).
+WAIST_CHUNK_ELEMS = 1 << 18
 
 
 def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: list, o2: list, size) -> tuple:
@@ -247,6 +254,7 @@ def _best_two_stage(
         matrices,
         (0, *(1 + y_order.index(c) for c in outs)),
         tuple(sizes[c] for c in y_order),
+        max(1, WAIST_CHUNK_ELEMS // (dims[2] * dims[3])),
     )
     return stage, cost
 
@@ -346,7 +354,7 @@ def linear_plan_constant(
         return (
             chosen,
             (t.p_factors, t.q_factors, t.p_steps, t.q_steps, t.kinds)
-            + (t.x_perm, t.dims, t.matrices, t.y_perm, t.y_modes),
+            + (t.x_perm, t.dims, t.matrices, t.y_perm, t.y_modes, t.chunk_rows),
         )
     if chosen == "einsum":
         return (chosen, (plan.einsum_steps, plan.recompute))
@@ -391,66 +399,82 @@ def _is_identity(perm: tuple[int, ...]) -> bool:
     return perm == tuple(range(len(perm)))
 
 
-def _stage(a: Tensor, w: Tensor, kind: str) -> Tensor:
-    """One stage on ``a`` of shape ``(B, R, C)``.
+def _stage(a: Tensor, w: Tensor, kind: str, out: Tensor | None = None) -> Tensor:
+    """One stage on ``a`` of shape ``(B, R, C)``, written into ``out`` when given.
 
     ``gemm``: ``(B·R, C) @ (C, D) -> (B, R, D)``; ``bmm``: ``(D, R) @ a[b] -> (B, D, C)`` for every ``b``.
     """
     batch, rows, cols = a.shape
     if kind == "gemm":
-        return (a.reshape(batch * rows, cols) @ w).view(batch, rows, w.shape[1])  # (B·R, C) @ (C, D)
-    return torch.bmm(w.expand(batch, *w.shape), a)  # (B, D, R) @ (B, R, C) -> (B, D, C)
+        flat = None if out is None else out.view(batch * rows, w.shape[1])
+        return torch.mm(a.reshape(batch * rows, cols), w, out=flat).view(batch, rows, w.shape[1])  # (B·R, C) @ (C, D)
+    return torch.bmm(w.expand(batch, *w.shape), a, out=out)  # (B, D, R) @ (B, R, C) -> (B, D, C)
 
 
-def _stage_backward(a: Tensor, w: Tensor, g: Tensor, kind: str, need_a: bool, need_w: bool):
-    """Gradients of :func:`_stage` with respect to ``a`` and ``w`` from the output gradient ``g``."""
+def _stage_backward(a: Tensor, w: Tensor, g: Tensor, kind: str, ga: Tensor | None, gw: Tensor | None) -> None:
+    """Gradients of :func:`_stage` from the output gradient ``g``: written into ``ga``, added to ``gw``.
+
+    Either buffer may be ``None`` when that gradient is not needed.
+    """
     batch, rows, cols = a.shape
-    ga = gw = None
     if kind == "gemm":
         g2 = g.reshape(batch * rows, w.shape[1])  # (B·R, D)
-        if need_a:
-            ga = (g2 @ w.T).view(batch, rows, cols)  # (B·R, D) @ (D, C)
-        if need_w:
-            gw = a.reshape(batch * rows, cols).T @ g2  # (C, B·R) @ (B·R, D)
-        return ga, gw
-    if need_a:
-        ga = torch.bmm(w.T.expand(batch, rows, w.shape[0]), g)  # (B, R, D) @ (B, D, C)
-    if need_w:
-        n_d = w.shape[0]
-        if batch * n_d * rows <= g.numel() + a.numel():
-            gw = torch.bmm(g, a.transpose(1, 2)).sum(0)  # Σ_b (D, C) @ (C, R)
+        if ga is not None:
+            torch.mm(g2, w.T, out=ga.view(batch * rows, cols))  # (B·R, D) @ (D, C)
+        if gw is not None:
+            gw.addmm_(a.reshape(batch * rows, cols).T, g2)  # (C, B·R) @ (B·R, D)
+        return
+    if ga is not None:
+        torch.bmm(w.T.expand(batch, rows, w.shape[0]), g, out=ga)  # (B, R, D) @ (B, D, C)
+    if gw is not None:
+        if batch * w.shape[0] * rows <= g.numel() + a.numel():
+            gw += torch.bmm(g, a.transpose(1, 2)).sum(0)  # Σ_b (D, C) @ (C, R)
         else:
-            gw = torch.einsum("bdc,brc->dr", g, a)
-    return ga, gw
+            gw += torch.einsum("bdc,brc->dr", g, a)
 
 
 class _TwoStageProduct(torch.autograd.Function):
-    """The two matrix products of :class:`TwoStage`.
+    """The two matrix products of :class:`TwoStage`, ``chunk`` batch rows at a time.
 
     Only ``x`` and the two super-factors are kept for backward; the waist ``t`` is recomputed
     (one stage-1 product), so the batch-dependent memory saved equals dense ``nn.Linear``'s.
+    Running the batch in chunks whose waist fits in cache (:data:`WAIST_CHUNK_ELEMS`) keeps the
+    waist, often several times the size of ``x``, from ever travelling to main memory. Every
+    chunk writes its rows of ``y`` and of ``∂x`` in place and adds to the super-factors' gradients.
     """
 
     @staticmethod
-    def forward(ctx, xm: Tensor, sp: Tensor, sq: Tensor, kinds: tuple[str, str], dims: tuple[int, ...]) -> Tensor:
-        batch = xm.shape[0]
-        t = _stage(xm, sp, kinds[0]).reshape(batch, dims[2], dims[3])  # the waist (B, R2, C2)
-        ctx.meta = (kinds, dims)
+    def forward(
+        ctx, xm: Tensor, sp: Tensor, sq: Tensor, kinds: tuple[str, str], dims: tuple[int, ...], chunk: int
+    ) -> Tensor:
+        ctx.meta = (kinds, dims, chunk)
         ctx.save_for_backward(xm, sp, sq)
-        return _stage(t, sq, kinds[1])
+        batch = xm.shape[0]
+        shape = (batch, dims[2], sq.shape[1]) if kinds[1] == "gemm" else (batch, sq.shape[0], dims[3])
+        y = xm.new_empty(shape)
+        for start in range(0, batch, chunk):
+            xc = xm[start : start + chunk]
+            t = _stage(xc, sp, kinds[0]).reshape(xc.shape[0], dims[2], dims[3])  # the waist (b, R2, C2)
+            _stage(t, sq, kinds[1], out=y[start : start + chunk])
+        return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
         xm, sp, sq = ctx.saved_tensors
-        kinds, dims = ctx.meta
-        batch = xm.shape[0]
-        t1 = _stage(xm, sp, kinds[0])  # recomputed rather than kept
-        t = t1.reshape(batch, dims[2], dims[3])
-        gt, gsq = _stage_backward(t, sq, gy, kinds[1], True, ctx.needs_input_grad[2])
-        gx, gsp = _stage_backward(
-            xm, sp, gt.reshape(t1.shape), kinds[0], ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        )
-        return gx, gsp, gsq, None, None
+        kinds, dims, chunk = ctx.meta
+        need_x, need_sp, need_sq = ctx.needs_input_grad[:3]
+        gx = xm.new_empty(xm.shape) if need_x else None  # contiguous, whatever xm's strides
+        gsp = torch.zeros_like(sp) if need_sp else None
+        gsq = torch.zeros_like(sq) if need_sq else None
+        for start in range(0, xm.shape[0], chunk):
+            xc = xm[start : start + chunk]
+            t1 = _stage(xc, sp, kinds[0])  # recomputed rather than kept
+            t = t1.reshape(xc.shape[0], dims[2], dims[3])
+            gt = t.new_empty(t.shape)
+            _stage_backward(t, sq, gy[start : start + chunk], kinds[1], gt, gsq)
+            gxc = None if gx is None else gx[start : start + chunk]
+            _stage_backward(xc, sp, gt.reshape(t1.shape), kinds[0], gxc, gsp)
+        return gx, gsp, gsq, None, None, None
 
 
 def _einsum_all(steps: Steps, x: Tensor, *factors: Tensor) -> Tensor:
@@ -491,12 +515,13 @@ def factorized_linear(
         return x @ weight.T  # (B, N) @ (N, M) -> (B, M)
     xt = x.reshape(batch, *in_shape)  # (B, n_1, ..., n_d)
     if chosen == "two_stage":
-        p, q, p_steps, q_steps, kinds, x_perm, dims, matrices, y_perm, y_modes = payload
+        p, q, p_steps, q_steps, kinds, x_perm, dims, matrices, y_perm, y_modes, chunk = payload
         # the super-factors are small; contiguous so that every matrix product runs on BLAS directly
         sp = run_steps(p_steps, [factors[f] for f in p]).reshape(matrices[0]).contiguous()  # group P
         sq = run_steps(q_steps, [factors[f] for f in q]).reshape(matrices[1]).contiguous()  # group Q
         xm = xt if _is_identity(x_perm) else xt.permute(x_perm)  # (B, stage-1 mode order)
-        y = _TwoStageProduct.apply(xm.reshape(batch, dims[0], dims[1]), sp, sq, kinds, dims)  # (B, ·, ·)
+        chunk = chunk if x.device.type == "cpu" else batch  # one pass on GPUs: no cache to fit
+        y = _TwoStageProduct.apply(xm.reshape(batch, dims[0], dims[1]), sp, sq, kinds, dims, chunk)  # (B, ·, ·)
         y = y.reshape(batch, *y_modes)
         y = y if _is_identity(y_perm) else y.permute(y_perm)  # (B, m_1, ..., m_d)
     else:

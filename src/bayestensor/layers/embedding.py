@@ -30,54 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import assume_constant_result, batch_bucket, index_symbols, plan_contraction, run_steps
+from ..functional import gather_rows
 from ..tensors import FactorizedTensor, TensorizedModule
 
 MODES = (None, "sum", "mean")
-TTM_MERGE = 4
-
-_EMB_PLANS: dict[tuple, tuple] = {}
-
-
-def _embedding_plan(
-    fmt: str, row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...], rows: int
-) -> tuple:
-    key = (fmt, row_shape, col_shape, ranks, batch_bucket(rows))
-    if key in _EMB_PLANS:
-        return _EMB_PLANS[key]
-    network = get_format(fmt).network(row_shape, col_shape, ranks)
-    sym = index_symbols(list(network.sizes))  # 'b' is the looked-up row
-    sizes = {sym[k]: v for k, v in network.sizes.items()} | {"b": batch_bucket(rows)}
-    gathers, terms = [], []
-    for idx in network.factor_indices:
-        rows_here = [(axis, network.out_indices.index(n)) for axis, n in enumerate(idx) if n in network.out_indices]
-        if len(rows_here) > 1:
-            raise ValueError(f"format {fmt!r} has a factor with several row modes; cannot gather rows")
-        rest = "".join(sym[n] for n in idx if n not in network.out_indices)
-        if rows_here:
-            axis, mode = rows_here[0]
-            gathers.append((mode, axis))
-            terms.append("b" + rest)  # gathered slice: (rows, remaining axes)
-        else:
-            gathers.append((-1, -1))
-            terms.append(rest)
-    steps, _, _ = plan_contraction(terms, "b" + "".join(sym[n] for n in network.in_indices), sizes)
-    plan = (tuple(gathers), steps)
-    _EMB_PLANS[key] = plan
-    return plan
-
-
-@assume_constant_result
-def embedding_plan(
-    fmt: str, row_shape: tuple[int, ...], col_shape: tuple[int, ...], ranks: tuple[int, ...], rows: int
-) -> tuple:
-    """Gather spec ``((row mode, axis) or (-1, -1) per factor)`` and contraction steps for ``rows`` lookups.
-
-    The steps contract the gathered slices (each with a leading row index ``b``) and the column
-    factors into ``(rows, *col_shape)``; planned by ``opt_einsum`` at the power-of-two bucket of
-    ``rows`` and cached. A constant under ``torch.compile``.
-    """
-    return _embedding_plan(fmt, row_shape, col_shape, ranks, rows)
 
 
 def _resolve_shape(n: int, given: Sequence[int] | None, default_modes: int | None, name: str, what: str):
@@ -202,86 +158,14 @@ class TensorizedEmbedding(TensorizedModule):
     def rows(self, ids: Tensor, factors: Sequence[Tensor] | None = None) -> Tensor:
         """Rows ``E[ids]`` of the table for a 1-D tensor of (valid) ids, shape ``(len(ids), D)``."""
         factors = self.weight.tensors() if factors is None else factors
-        n = ids.shape[0]
         digits = []
         rem = ids
         for size in reversed(self.row_shape):  # mixed radix, last mode fastest
             digits.append(rem % size)
             rem = torch.div(rem, size, rounding_mode="floor")
         digits.reverse()
-        if self.format in ("tt", "ttm"):
-            out = (self._tt_rows if self.format == "tt" else self._ttm_rows)(factors, digits, n)
-            return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
-        gathers, steps = embedding_plan(
-            self.format, self.row_shape, self.col_shape, tuple(self.weight.ranks), int(n) if n > 0 else 1
-        )
-        ops = []
-        for t, (mode, axis) in zip(factors, gathers, strict=True):
-            if mode < 0:
-                ops.append(t)
-            else:
-                ops.append(t.movedim(axis, 0).index_select(0, digits[mode]))  # (n, other axes)
-        out = run_steps(steps, ops)  # (n, c_1, ..., c_d)
-        out = out.reshape(n, math.prod(self.col_shape))
+        out = gather_rows(self.format, factors, digits, self.row_shape, self.col_shape, tuple(self.weight.ranks))
         return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
-
-    def _tt_rows(self, factors: Sequence[Tensor], digits: list[Tensor], n: int) -> Tensor:
-        r"""TT rows as a chain of vector-matrix products (TT-Rec), with the first two cores pre-merged.
-
-        With row cores ``G_1..G_d`` and column cores ``H_1..H_c``,
-        ``E[v] = G_1[v_1] G_2[v_2] ⋯ G_d[v_d] · C`` where ``C = H_1 ⋯ H_c`` is ``(r_d, D)``. When
-        ``n_1 n_2 ≤ 4 n`` the pair ``L = G_1 G_2`` (``(n_1 n_2, r_2)``, one GEMM) is formed first,
-        so a lookup starts from a row of ``L``. Each remaining step is an elementwise product and
-        a sum over ``r`` (faster than ``n`` tiny batched GEMMs on CPU).
-        """
-        d = len(self.row_shape)
-        rows, cols = list(factors[:d]), list(factors[d:])
-        c = cols[0]  # (r_d, c_1, r)
-        for h in cols[1:]:
-            c = torch.tensordot(c, h, dims=1)  # (r_d, c_1, ..., c_k, r)
-        c = c.reshape(c.shape[0], -1)  # (r_d, D_pad)
-        n1 = self.row_shape[0]
-        if d >= 2 and n1 * self.row_shape[1] <= 4 * max(n, 1):
-            n2 = self.row_shape[1]
-            g1 = rows[0].reshape(n1, -1)  # (n_1, r_1)
-            merged = (g1 @ rows[1].reshape(g1.shape[1], -1)).reshape(n1 * n2, -1)  # (n_1 n_2, r_2)
-            v = merged.index_select(0, digits[0] * n2 + digits[1])  # (n, r_2)
-            start = 2
-        else:
-            v = rows[0][0].index_select(0, digits[0])  # (n, r_1)
-            start = 1
-        for k in range(start, d):
-            g = rows[k].permute(1, 0, 2).index_select(0, digits[k])  # (n, r_{k-1}, r_k)
-            v = (v.unsqueeze(-1) * g).sum(1)  # (n, r_k)
-        return v @ c  # (n, r_d) @ (r_d, D_pad) -> (n, D_pad)
-
-    def _ttm_rows(self, factors: Sequence[Tensor], digits: list[Tensor], n: int) -> Tensor:
-        r"""TTM rows as a chain of batched GEMMs, with the last two cores pre-merged when that is cheaper.
-
-        Core ``k`` gathered at ``v_k`` is ``(r_{k-1}, c_k r_k)``; the state ``S`` of shape
-        ``(n, c_1⋯c_k, r_k)`` advances as ``S ← S · G_{k+1}[v_{k+1}]``. When
-        ``m_{d-1} m_d ≤ 4 n`` the pair ``R = G_{d-1} G_d`` (``(m_{d-1} m_d, r_{d-2}, c_{d-1} c_d)``)
-        is formed once, so each lookup does one GEMM fewer and gathers one slice fewer.
-        """
-        d = len(self.row_shape)
-        cores = [g.permute(1, 0, 2, 3) for g in factors]  # (m_k, r_{k-1}, c_k, r_k)
-        idx = list(digits)
-        if d >= 3 and self.row_shape[-2] * self.row_shape[-1] <= TTM_MERGE * max(n, 1):
-            a, b = cores[-2], cores[-1]
-            ma, mb = a.shape[0], b.shape[0]
-            merged = torch.einsum("mrcs,nsdt->mnrcdt", a, b)  # (m_{d-1}, m_d, r, c_{d-1}, c_d, r_d)
-            merged = merged.reshape(ma * mb, a.shape[1], a.shape[2] * b.shape[2], b.shape[3])
-            cores = cores[:-2] + [merged]
-            idx = idx[:-2] + [idx[-2] * mb + idx[-1]]
-        s = None
-        for g, i in zip(cores, idx, strict=True):
-            gi = g.index_select(0, i)  # (n, r_{k-1}, c_k, r_k)
-            if s is None:
-                s = gi.reshape(n, gi.shape[2], gi.shape[3])  # (n, c_1, r_1)
-            else:
-                s = torch.bmm(s, gi.reshape(n, gi.shape[1], -1))  # (n, A, r) @ (n, r, c r') -> (n, A, c r')
-                s = s.reshape(n, -1, gi.shape[3])  # (n, A c, r')
-        return s.reshape(n, -1)  # (n, D_pad)
 
     # ------------------------------------------------------------------ validation
     def _check(self, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None) -> None:
