@@ -116,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"warning: {len(report['collapsed_layers'])} tensorized layer(s) collapsed to ~0 during training "
             f"({', '.join(report['collapsed_layers'])}): their weights shrank under {COLLAPSE_RATIO:.0%} of their "
-            "initial RMS, so "
-            "their compression is not meaningful; see report.md",
+            "initial RMS, so their compression is not meaningful; see report.md",
             file=sys.stderr,
         )
     return 0
