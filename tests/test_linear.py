@@ -209,6 +209,35 @@ def test_two_stage_in_cache_sized_chunks_matches_dense(fmt, in_s, out_s, rank, b
     _check_against_dense(layer, torch.randn(5, n_in, dtype=torch.float64, requires_grad=True))
 
 
+@pytest.mark.parametrize("grad_kind", ["stride0", "transposed"])
+@pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
+def test_two_stage_chunks_take_non_contiguous_output_gradients(
+    fmt, in_s, out_s, rank, batch, kinds, permuted, grad_kind, monkeypatch
+):
+    """``y.sum().backward()`` (a stride-0 gradient) and a transposed gradient give dense gradients."""
+    from bayestensor.functional import contraction
+
+    n_in, n_out = math.prod(in_s), math.prod(out_s)
+    layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
+    ranks = tuple(layer.weight.ranks)
+    dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
+    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
+    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
+    x = torch.randn(5, n_in, dtype=torch.float64, requires_grad=True)
+    g = torch.ones((), dtype=torch.float64).expand(5, n_out)  # what y.sum().backward() hands in
+    if grad_kind == "transposed":
+        g = torch.randn(n_out, 5, dtype=torch.float64).T
+    assert not g.is_contiguous()
+    grads = []
+    for y in (layer(x), F.linear(x, layer.full_weight(), layer.bias)):
+        x.grad = None
+        layer.zero_grad()
+        y.backward(g)
+        grads.append([x.grad, *(p.grad for p in layer.parameters())])
+    for got, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+
+
 def test_ttm_two_stage_moves_no_data_at_the_benchmark_shape():
     """TTM splits at its middle bond with both stages reading and writing in place (no permutes)."""
     shape = (4, 4, 8, 8)

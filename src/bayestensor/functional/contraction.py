@@ -182,7 +182,8 @@ class LinearPlan:
 BMM_PENALTY = 1.5
 #: Cost, in FLOPs, of moving one element in a permute copy (memory bound; measured on 2 CPU cores).
 MOVE_FLOPS = 64.0
-#: Waist elements per pass of a chunked two-stage product on CPU (1 MiB of float32, about a core's L2).
+#: Waist elements per pass of a chunked two-stage product on CPU: 1 MiB of float32. On the 2-core CI CPU
+#: (2 MiB L2 per core) 2^17-2^19 ran alike for TTM rank 4 at 1024 × 1024, and 2^20 or more 10-25 % slower.
 WAIST_CHUNK_ELEMS = 1 << 18
 
 
@@ -411,10 +412,18 @@ def _stage(a: Tensor, w: Tensor, kind: str, out: Tensor | None = None) -> Tensor
     return torch.bmm(w.expand(batch, *w.shape), a, out=out)  # (B, D, R) @ (B, R, C) -> (B, D, C)
 
 
-def _stage_backward(a: Tensor, w: Tensor, g: Tensor, kind: str, ga: Tensor | None, gw: Tensor | None) -> None:
+def _stage_shape(kind: str, rows: int, cols: int, w_shape: tuple[int, int]) -> tuple[int, int]:
+    """Per-row shape of :func:`_stage`'s output for ``a`` viewed ``(·, rows, cols)``."""
+    return (rows, w_shape[1]) if kind == "gemm" else (w_shape[0], cols)
+
+
+def _stage_backward(
+    a: Tensor, w: Tensor, g: Tensor, kind: str, ga: Tensor | None, gw: Tensor | None, scratch: Tensor | None = None
+) -> None:
     """Gradients of :func:`_stage` from the output gradient ``g``: written into ``ga``, added to ``gw``.
 
-    Either buffer may be ``None`` when that gradient is not needed.
+    Either buffer may be ``None`` when that gradient is not needed. ``scratch``, of at least
+    ``B·D·R`` elements, holds the per-row products of a ``bmm`` stage's weight gradient.
     """
     batch, rows, cols = a.shape
     if kind == "gemm":
@@ -428,7 +437,8 @@ def _stage_backward(a: Tensor, w: Tensor, g: Tensor, kind: str, ga: Tensor | Non
         torch.bmm(w.T.expand(batch, rows, w.shape[0]), g, out=ga)  # (B, R, D) @ (B, D, C)
     if gw is not None:
         if batch * w.shape[0] * rows <= g.numel() + a.numel():
-            gw += torch.bmm(g, a.transpose(1, 2)).sum(0)  # Σ_b (D, C) @ (C, R)
+            per_row = None if scratch is None else scratch[: batch * w.numel()].view(batch, *w.shape)
+            gw += torch.bmm(g, a.transpose(1, 2), out=per_row).sum(0)  # Σ_b (D, C) @ (C, R)
         else:
             gw += torch.einsum("bdc,brc->dr", g, a)
 
@@ -441,6 +451,10 @@ class _TwoStageProduct(torch.autograd.Function):
     Running the batch in chunks whose waist fits in cache (:data:`WAIST_CHUNK_ELEMS`) keeps the
     waist, often several times the size of ``x``, from ever travelling to main memory. Every
     chunk writes its rows of ``y`` and of ``∂x`` in place and adds to the super-factors' gradients.
+    The waist and its gradient live in buffers allocated once per call and reused by every chunk:
+    a fresh allocation of that size per chunk is fresh pages from the OS, and faulting them in
+    cost about a third of the backward pass for TTM rank 4 at 1024 × 1024 on 2 CPU cores (the
+    whole fwd+bwd step went from 0.61× to 0.53× dense's; ``benchmarks/linear_ab.py``).
     """
 
     @staticmethod
@@ -450,11 +464,12 @@ class _TwoStageProduct(torch.autograd.Function):
         ctx.meta = (kinds, dims, chunk)
         ctx.save_for_backward(xm, sp, sq)
         batch = xm.shape[0]
-        shape = (batch, dims[2], sq.shape[1]) if kinds[1] == "gemm" else (batch, sq.shape[0], dims[3])
-        y = xm.new_empty(shape)
+        y = xm.new_empty((batch, *_stage_shape(kinds[1], dims[2], dims[3], tuple(sq.shape))))
+        waist = xm.new_empty((min(chunk, batch), *_stage_shape(kinds[0], dims[0], dims[1], tuple(sp.shape))))
         for start in range(0, batch, chunk):
             xc = xm[start : start + chunk]
-            t = _stage(xc, sp, kinds[0]).reshape(xc.shape[0], dims[2], dims[3])  # the waist (b, R2, C2)
+            t = _stage(xc, sp, kinds[0], out=waist[: xc.shape[0]])
+            t = t.view(xc.shape[0], dims[2], dims[3])  # the waist (b, R2, C2)
             _stage(t, sq, kinds[1], out=y[start : start + chunk])
         return y
 
@@ -463,17 +478,25 @@ class _TwoStageProduct(torch.autograd.Function):
         xm, sp, sq = ctx.saved_tensors
         kinds, dims, chunk = ctx.meta
         need_x, need_sp, need_sq = ctx.needs_input_grad[:3]
+        batch = xm.shape[0]
         gx = xm.new_empty(xm.shape) if need_x else None  # contiguous, whatever xm's strides
         gsp = torch.zeros_like(sp) if need_sp else None
         gsq = torch.zeros_like(sq) if need_sq else None
-        for start in range(0, xm.shape[0], chunk):
+        rows = min(chunk, batch)
+        waist_shape = _stage_shape(kinds[0], dims[0], dims[1], tuple(sp.shape))
+        waist, g_waist = xm.new_empty((rows, *waist_shape)), xm.new_empty((rows, *waist_shape))
+        scratch = xm.new_empty(rows * sp.numel()) if need_sp and kinds[0] == "bmm" else None
+        # ``y.sum().backward()`` hands in a stride-0 gradient, which every GEMM would copy again
+        g_rows = None if gy.is_contiguous() else gy.new_empty((rows, *gy.shape[1:]))
+        for start in range(0, batch, chunk):
             xc = xm[start : start + chunk]
-            t1 = _stage(xc, sp, kinds[0])  # recomputed rather than kept
-            t = t1.reshape(xc.shape[0], dims[2], dims[3])
-            gt = t.new_empty(t.shape)
-            _stage_backward(t, sq, gy[start : start + chunk], kinds[1], gt, gsq)
+            n = xc.shape[0]
+            t1 = _stage(xc, sp, kinds[0], out=waist[:n])  # recomputed rather than kept
+            t, gt = t1.view(n, dims[2], dims[3]), g_waist[:n].view(n, dims[2], dims[3])
+            gyc = gy[start : start + chunk] if g_rows is None else g_rows[:n].copy_(gy[start : start + chunk])
+            _stage_backward(t, sq, gyc, kinds[1], gt, gsq)
             gxc = None if gx is None else gx[start : start + chunk]
-            _stage_backward(xc, sp, gt.reshape(t1.shape), kinds[0], gxc, gsp)
+            _stage_backward(xc, sp, g_waist[:n], kinds[0], gxc, gsp, scratch)
         return gx, gsp, gsq, None, None, None
 
 
