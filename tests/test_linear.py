@@ -175,13 +175,33 @@ def _check_against_dense(layer, x):
     if x.shape[-1] <= 64:
         assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *layer.parameters()), fast_mode=True)
         return
-    layer(x).square().sum().backward()
-    got = [x.grad, *(p.grad for p in layer.parameters())]
-    x.grad = None
-    layer.zero_grad()
-    F.linear(x, layer.full_weight(), layer.bias).square().sum().backward()
-    for g, ref in zip(got, [x.grad, *(p.grad for p in layer.parameters())], strict=True):
-        torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-10)
+    _check_grads_against_dense(layer, x, lambda y: y.square().sum().backward())
+
+
+def _check_grads_against_dense(layer, x, backward):
+    """Gradients of ``x`` and the parameters from ``backward(layer(x))`` against those through ``F.linear``."""
+    grads = []
+    for y in (layer(x), F.linear(x, layer.full_weight(), layer.bias)):
+        x.grad = None
+        layer.zero_grad()
+        backward(y)
+        grads.append([x.grad, *(p.grad for p in layer.parameters())])
+    for got, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+
+
+def _in_two_row_passes(fmt, in_s, out_s, rank, monkeypatch):
+    """A ``two_stage`` layer whose batches of 5 run in passes of 2 rows (the last one ragged)."""
+    from bayestensor.functional import contraction
+
+    n_in, n_out = math.prod(in_s), math.prod(out_s)
+    layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
+    ranks = tuple(layer.weight.ranks)
+    dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
+    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
+    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
+    assert linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.chunk_rows == 2
+    return layer
 
 
 @pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
@@ -197,16 +217,8 @@ def test_every_two_stage_layout_matches_dense_and_passes_gradcheck(fmt, in_s, ou
 @pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
 def test_two_stage_in_cache_sized_chunks_matches_dense(fmt, in_s, out_s, rank, batch, kinds, permuted, monkeypatch):
     """A batch run in passes of 2 rows (the last one ragged) gives dense outputs and gradients."""
-    from bayestensor.functional import contraction
-
-    n_in, n_out = math.prod(in_s), math.prod(out_s)
-    layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
-    ranks = tuple(layer.weight.ranks)
-    dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
-    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
-    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
-    assert linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.chunk_rows == 2
-    _check_against_dense(layer, torch.randn(5, n_in, dtype=torch.float64, requires_grad=True))
+    layer = _in_two_row_passes(fmt, in_s, out_s, rank, monkeypatch)
+    _check_against_dense(layer, torch.randn(5, math.prod(in_s), dtype=torch.float64, requires_grad=True))
 
 
 @pytest.mark.parametrize("grad_kind", ["stride0", "transposed"])
@@ -215,27 +227,14 @@ def test_two_stage_chunks_take_non_contiguous_output_gradients(
     fmt, in_s, out_s, rank, batch, kinds, permuted, grad_kind, monkeypatch
 ):
     """``y.sum().backward()`` (a stride-0 gradient) and a transposed gradient give dense gradients."""
-    from bayestensor.functional import contraction
-
-    n_in, n_out = math.prod(in_s), math.prod(out_s)
-    layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
-    ranks = tuple(layer.weight.ranks)
-    dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
-    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
-    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
-    x = torch.randn(5, n_in, dtype=torch.float64, requires_grad=True)
+    layer = _in_two_row_passes(fmt, in_s, out_s, rank, monkeypatch)
+    n_out = math.prod(out_s)
     g = torch.ones((), dtype=torch.float64).expand(5, n_out)  # what y.sum().backward() hands in
     if grad_kind == "transposed":
         g = torch.randn(n_out, 5, dtype=torch.float64).T
     assert not g.is_contiguous()
-    grads = []
-    for y in (layer(x), F.linear(x, layer.full_weight(), layer.bias)):
-        x.grad = None
-        layer.zero_grad()
-        y.backward(g)
-        grads.append([x.grad, *(p.grad for p in layer.parameters())])
-    for got, ref in zip(*grads, strict=True):
-        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+    x = torch.randn(5, math.prod(in_s), dtype=torch.float64, requires_grad=True)
+    _check_grads_against_dense(layer, x, lambda y: y.backward(g))
 
 
 def test_ttm_two_stage_moves_no_data_at_the_benchmark_shape():
