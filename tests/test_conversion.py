@@ -161,7 +161,7 @@ def test_tensorize_full_rank_equals_original(fmt):
     x = torch.randn(2, 3, 8, 8, dtype=D)
     ids, offsets = torch.tensor([1, 59, 3, 3, 7]), torch.tensor([0, 3])
     before = net(x, ids, offsets)
-    model, summary = tensorize(net, format=fmt, max_rank=10_000, min_params=100)
+    model, summary = tensorize(net, format=fmt, max_rank=10_000, min_params=100, init="decompose")
     assert [r["layer"] for r in summary] == ["emb", "conv1", "conv2", "head.0", "head.2"]
     assert isinstance(model.conv1, TensorizedConv2d) and isinstance(model.emb, TensorizedEmbedding)
     assert isinstance(model.head[0], TensorizedLinear)

@@ -6,6 +6,8 @@ Importing the package registers the built-in formats and priors and changes no g
 from .conversion import format_summary, from_dense, tensorize
 from .formats import available_formats, get_format
 from .inference import (
+    ARD,
+    CollapseWarning,
     expected_calibration_error,
     kl_weight,
     negative_log_likelihood,
@@ -13,6 +15,7 @@ from .inference import (
     prior_loss,
     prune,
     ranks,
+    update_rank_variances,
 )
 from .io import ExportError, load, save
 from .layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
@@ -22,6 +25,8 @@ from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_par
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARD",
+    "CollapseWarning",
     "ExportError",
     "FactorizedTensor",
     "TensorizedConv2d",
@@ -47,4 +52,5 @@ __all__ = [
     "ranks",
     "save",
     "tensorize",
+    "update_rank_variances",
 ]

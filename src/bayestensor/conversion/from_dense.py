@@ -59,16 +59,48 @@ def _padded(matrix: Tensor, rows: int, cols: int) -> Tensor:
     return F.pad(matrix, (0, cols - matrix.shape[1], 0, rows - matrix.shape[0]))
 
 
-def _factory(module: nn.Module, kwargs: dict) -> dict:
+#: How a tensorized layer built from a dense one starts: ``"decompose"`` its weight, or draw ``"random"`` factors.
+INITS = ("decompose", "random")
+
+
+def dense_init_std(weight: Tensor) -> float:
+    """The entry std of a dense weight, the target std of ``init="random"`` factors.
+
+    For a freshly built ``nn.Linear`` / ``nn.Conv2d`` this is the std of PyTorch's default
+    initialisation, ``1/√(3·fan_in)``, and for ``nn.Embedding`` it is 1; for a user's own
+    initialisation it is whatever that initialisation drew.
+    """
+    w = weight.detach().to(torch.float64)
+    return float(w.std()) if w.numel() > 1 else float(w.abs().mean())
+
+
+def _factory(module: nn.Module, kwargs: dict, init: str) -> dict:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     ref = next(module.parameters())
     kwargs.setdefault("device", ref.device)
     kwargs.setdefault("dtype", ref.dtype)
+    if init == "random":
+        kwargs.setdefault("init_std", dense_init_std(module.weight))
     return kwargs
 
 
-def _load(layer: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None, n_iter: int) -> nn.Module:
-    """Decompose ``matrix`` into ``layer``'s factors (recording the relative error) and copy ``bias``."""
-    layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
+def _load(layer: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None, n_iter: int, init: str) -> nn.Module:
+    """Initialise ``layer`` from the dense ``matrix`` and copy ``bias``.
+
+    ``init="decompose"`` decomposes ``matrix`` into the factors and records the relative error;
+    ``init="random"`` keeps the layer's random factors, which were drawn so that the
+    reconstructed weight has the dense weight's standard deviation (see :func:`dense_init_std`),
+    and records the relative error of that random weight against ``matrix`` (about
+    ``√2`` for independent draws).
+    """
+    if init == "decompose":
+        layer.reconstruction_error = load_factors_(layer.weight, matrix, n_iter=n_iter)
+    else:
+        with torch.no_grad():
+            w = layer.weight.to_matrix().to(torch.float64)
+            ref = matrix.detach().to(torch.float64)
+            layer.reconstruction_error = float((w - ref).norm() / ref.norm().clamp_min(1e-300))
     if bias is not None:
         with torch.no_grad():
             layer.bias.copy_(bias)
@@ -76,10 +108,19 @@ def _load(layer: nn.Module, matrix: torch.Tensor, bias: torch.Tensor | None, n_i
 
 
 def linear_from_dense(
-    linear: nn.Linear, *, format: str = "ttm", max_rank: int | list[int] = 16, n_iter: int = 200, **kwargs
+    linear: nn.Linear,
+    *,
+    format: str = "ttm",
+    max_rank: int | list[int] | None = 16,
+    n_iter: int = 200,
+    init: str = "decompose",
+    **kwargs,
 ) -> TensorizedLinear:
-    """A :class:`TensorizedLinear` initialised by decomposing ``linear.weight``.
+    """A :class:`TensorizedLinear` initialised from ``linear``.
 
+    ``init="decompose"`` (default) decomposes ``linear.weight``; ``init="random"`` draws random
+    factors whose reconstruction has ``linear.weight``'s std (for training from scratch).
+    ``max_rank=None`` sizes the ranks from a parameter budget (see :class:`TensorizedLinear`).
     ``kwargs`` go to :class:`TensorizedLinear` (``in_shape``, ``out_shape``, ``method``,
     ``prior``, …). At full rank the layer reproduces ``linear`` to floating-point tolerance.
     """
@@ -91,16 +132,22 @@ def linear_from_dense(
         format=format,
         max_rank=max_rank,
         bias=linear.bias is not None,
-        **_factory(linear, kwargs),
+        **_factory(linear, kwargs, init),
     )
     matrix = _padded(linear.weight, math.prod(layer.out_shape), math.prod(layer.in_shape))
-    return _load(layer, matrix, linear.bias, n_iter)
+    return _load(layer, matrix, linear.bias, n_iter, init)
 
 
 def conv2d_from_dense(
-    conv: nn.Conv2d, *, format: str = "tt", max_rank: int | list[int] = 16, n_iter: int = 200, **kwargs
+    conv: nn.Conv2d,
+    *,
+    format: str = "tt",
+    max_rank: int | list[int] | None = 16,
+    n_iter: int = 200,
+    init: str = "decompose",
+    **kwargs,
 ) -> TensorizedConv2d:
-    """A :class:`TensorizedConv2d` initialised by decomposing ``conv.weight`` (zero padding mode only)."""
+    """A :class:`TensorizedConv2d` initialised from ``conv`` (zero padding mode only); ``init`` as for linear."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str) and conv.padding != "valid":
@@ -119,14 +166,14 @@ def conv2d_from_dense(
         conv.bias is not None,
         format=format,
         max_rank=max_rank,
-        **_factory(conv, kwargs),
+        **_factory(conv, kwargs, init),
     )
     kh, kw = layer.kernel_size
     matrix = conv.weight.permute(0, 2, 3, 1)  # (out, kh, kw, in / groups)
     matrix = F.pad(matrix, (0, math.prod(layer.in_shape) - matrix.shape[-1]))
     matrix = matrix.reshape(conv.out_channels, kh * kw * math.prod(layer.in_shape))
     matrix = _padded(matrix, math.prod(layer.out_shape), matrix.shape[1])
-    return _load(layer, matrix, conv.bias, n_iter)
+    return _load(layer, matrix, conv.bias, n_iter, init)
 
 
 def embedding_from_dense(
@@ -135,10 +182,12 @@ def embedding_from_dense(
     format: str = "tt",
     max_rank: int | list[int] = 16,
     n_iter: int = 200,
+    init: str = "decompose",
     **kwargs,
 ) -> TensorizedEmbedding:
-    """A :class:`TensorizedEmbedding` initialised by decomposing the table of an embedding or embedding bag.
+    """A :class:`TensorizedEmbedding` initialised from the table of an embedding or embedding bag.
 
+    ``init`` as for :func:`linear_from_dense`.
     ``mode``, ``padding_idx`` and ``include_last_offset`` are taken from the source. ``max_norm``
     and ``mode="max"`` are not supported.
     """
@@ -159,14 +208,14 @@ def embedding_from_dense(
         embedding.embedding_dim,
         format=format,
         max_rank=max_rank,
-        **_factory(embedding, kwargs),
+        **_factory(embedding, kwargs, init),
     )
     table = embedding.weight
     if layer.padding_idx is not None:
         table = table.detach().clone()
         table[layer.padding_idx] = 0.0  # the padding row reads as zeros in the tensorized layer
     matrix = _padded(table, math.prod(layer.row_shape), math.prod(layer.col_shape))
-    return _load(layer, matrix, None, n_iter)
+    return _load(layer, matrix, None, n_iter, init)
 
 
 def from_dense(module: nn.Module, **kwargs) -> nn.Module:

@@ -39,21 +39,34 @@ def tensorize(
     model: nn.Module,
     *,
     format: str = "ttm",
-    max_rank: RankSpec = 16,
+    max_rank: RankSpec | None = None,
     method: str | None = "map",
     min_params: int = 10_000,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    init: str = "random",
     **layer_kwargs,
 ) -> tuple[nn.Module, list[dict]]:
     """Replace ``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding`` and ``nn.EmbeddingBag`` layers by tensorized ones.
 
     A layer is replaced when it has at least ``min_params`` parameters, its qualified name
     matches ``include`` (glob patterns or module-name prefixes; all layers when ``None``) and
-    not ``exclude``. Each replacement is initialised by decomposing the trained weight
-    (:mod:`~bayestensor.conversion.from_dense`), so at full rank the model computes the same
-    function; with ``method="map"`` / ``"svi"`` the ranks can then shrink by ARD while training.
-    The model is modified in place.
+    not ``exclude``. The model is modified in place.
+
+    How the new layers start is the explicit choice ``init``:
+
+    * ``"random"`` (default, for training from scratch): random factors drawn so that the
+      reconstructed weight has the replaced layer's weight std (for a freshly built layer,
+      PyTorch's default initialisation), plus its bias. Decomposing a random weight instead
+      would keep only its top singular directions, a weight 2–10× too small.
+    * ``"decompose"`` (for a trained model): decompose the trained weight
+      (:mod:`~bayestensor.conversion.from_dense`), so at full rank the model computes the same
+      function.
+
+    With ``max_rank=None`` (default) each layer starts from the largest uniform rank whose
+    factors hold at most ``start_fraction`` (default 0.1) of its dense weight's entries, which
+    leaves ARD (``method="map"`` / ``"svi"``) room to find the ranks the data need; embedding
+    tables, whose dense size says nothing about a useful rank, default to rank 16.
 
     Parameters
     ----------
@@ -61,12 +74,14 @@ def tensorize(
         The model.
     format, max_rank, method
         Format, rank and Bayesian method of every new layer.
+    init
+        ``"random"`` or ``"decompose"`` (see above).
     min_params
         Smallest layer (weight + bias parameters) worth tensorizing.
     include, exclude
         Name filters.
     **layer_kwargs
-        Passed to every new layer (e.g. ``prior``, ``rank_update``).
+        Passed to every new layer (e.g. ``prior``, ``rank_update``, ``start_fraction``).
 
     Returns
     -------
@@ -96,7 +111,11 @@ def tensorize(
         return model, []
     summary = []
     for name, module, n_params in targets:
-        new = from_dense(module, format=format, max_rank=max_rank, method=method, **layer_kwargs)
+        kwargs = dict(layer_kwargs)
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            kwargs.pop("start_fraction", None)
+        rank = 16 if max_rank is None and isinstance(module, nn.Embedding | nn.EmbeddingBag) else max_rank
+        new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
         new.train(module.training)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..inference import bayesian_tensors
+from ..inference import prune
 
 
 @dataclass(frozen=True)
@@ -140,29 +140,12 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-@torch.no_grad()
 def prune_consistent(
     model: nn.Module, threshold: float, ctx: DistContext, optimizer: torch.optim.Optimizer | None = None
 ) -> bool:
-    """Prune every Bayesian tensor identically on all processes; returns whether any rank shrank.
+    """:func:`bayestensor.prune` identically on every process (``process_group=WORLD`` under DDP).
 
-    As :func:`bayestensor.prune`, every process first rotates its bonds into the SVD gauge (a
-    deterministic function of the parameters, which DDP keeps identical); then rank 0 computes the
-    kept rank indices of every bond (relative contribution ``c_r ≥ threshold · max c``) and
-    broadcasts them, and each process truncates its factors, rank variances and optimizer state
-    with the same indices.
+    Returns whether any rank shrank.
     """
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold!r}")
-    found = bayesian_tensors(model)
-    for _, t in found:
-        t.regauge_(optimizer)
-    keep = None
-    if ctx.is_main:
-        keep = {name: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for name, t in found}
-    keep = broadcast_object(keep, ctx)
-    changed = False
-    for name, t in found:
-        device = t.factors[0].device
-        changed |= t.truncate_([torch.tensor(k, dtype=torch.long, device=device) for k in keep[name]], optimizer)
-    return changed
+    group = dist.group.WORLD if ctx.enabled else None
+    return prune(model, threshold, optimizer, process_group=group).changed

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference import bayesian_tensors, tensorized_layers
+from ..inference import COLLAPSE_RATIO, bayesian_tensors, tensorized_layers
 
 
 def seed_everything(seed: int) -> None:
@@ -46,8 +46,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-#: A tensorized layer counts as collapsed when its weight RMS falls below this fraction of its initial RMS.
-COLLAPSE_RATIO = 1e-2
 
 
 def weight_rms(model: nn.Module) -> dict[str, float]:

@@ -166,6 +166,23 @@ class TensorFormat(ABC):
         """Number of stored parameters: the sum of the factor sizes."""
         return sum(math.prod(s) for s in self.factor_shapes(out_shape, in_shape, ranks))
 
+    def ranks_for_budget(self, budget: float, out_shape: Shape, in_shape: Shape) -> list[int]:
+        """The largest uniform rank (clipped per bond to :meth:`full_ranks`) whose factors hold ``≤ budget`` entries.
+
+        ``n_params`` grows with the rank, so a bisection over ``r`` finds it; at least rank 1.
+        """
+        if not budget > 0:
+            raise ValueError(f"a parameter budget must be > 0, got {budget!r}")
+        full = self.full_ranks(out_shape, in_shape)
+        lo, hi = 1, max(full)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.n_params(out_shape, in_shape, self.resolve_ranks(mid, out_shape, in_shape)) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.resolve_ranks(lo, out_shape, in_shape)
+
     def rank_groups(self, out_shape: Shape, in_shape: Shape, ranks: Sequence[int]) -> list[RankGroup]:
         """For every bond, the factor slices governed by that bond's rank variances."""
         groups = self.network(out_shape, in_shape, ranks).rank_groups()

@@ -1,12 +1,16 @@
 """Training objective terms, KL schedules, rank read-off and pruning, and posterior prediction."""
 
+from .ard import ARD, COLLAPSE_RATIO, CollapseWarning
 from .metrics import expected_calibration_error, negative_log_likelihood
-from .objective import bayesian_tensors, prior_loss
+from .objective import bayesian_tensors, prior_loss, update_rank_variances
 from .predict import predict, sampling
 from .pruning import PruneReport, prune, ranks, tensorized_layers
 from .schedules import kl_weight
 
 __all__ = [
+    "ARD",
+    "COLLAPSE_RATIO",
+    "CollapseWarning",
     "PruneReport",
     "bayesian_tensors",
     "expected_calibration_error",
@@ -18,4 +22,5 @@ __all__ = [
     "ranks",
     "sampling",
     "tensorized_layers",
+    "update_rank_variances",
 ]

@@ -17,7 +17,7 @@ def bayesian_tensors(model: nn.Module) -> list[tuple[str, FactorizedTensor]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FactorizedTensor) and m.method is not None]
 
 
-def prior_loss(model: nn.Module, *, update_rank_variances: bool = True) -> Tensor:
+def prior_loss(model: nn.Module) -> Tensor:
     r"""Sum over tensorized layers of ``−log p(W, λ)`` (MAP) or ``KL(q ‖ p) − log p(λ)`` (SVI), in nats.
 
     Add it, divided by the number of training examples, to a batch-mean task loss:
@@ -26,10 +26,15 @@ def prior_loss(model: nn.Module, *, update_rank_variances: bool = True) -> Tenso
 
         \mathcal{L} = \frac{1}{B}\sum_{i \in \text{batch}} \ell_i + \frac{β}{N}\,\text{prior\_loss}
 
-    with ``β = 1`` (or a KL warm-up, :func:`kl_weight`). For layers in training mode with
-    ``rank_update="em"``, this call first runs the closed-form M-step on ``λ`` (no gradient),
-    so a plain PyTorch loop needs no extra call. Pass ``update_rank_variances=False`` to only
-    evaluate.
+    with ``β = 1`` (or a KL warm-up, :func:`kl_weight`); :class:`~bayestensor.inference.ARD` does
+    this scaling, the warm-up and the pruning schedule for you.
+
+    The value is a function of the parameters: evaluating it twice at the same parameters gives
+    the same number and changes nothing. It uses ``λ`` at its closed-form M-step value for the
+    current factors (layers in training mode, ``rank_update="em"``): the M-step runs once per
+    change of the factors, i.e. once per optimizer step, however often the loss is evaluated
+    (gradient accumulation, logging, several forward passes). :class:`~bayestensor.inference.ARD`
+    runs it right after each optimizer step instead, so there this call writes nothing.
 
     A model without Bayesian tensorized layers gives 0 (with a one-time warning).
     """
@@ -44,8 +49,16 @@ def prior_loss(model: nn.Module, *, update_rank_variances: bool = True) -> Tenso
         p = next(model.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
     total = 0.0
+    compiling = torch.compiler.is_compiling()
     for _, t in found:
-        if update_rank_variances and t.training:
-            t.update_rank_variances_()
+        if t.training and not compiling:
+            t.refresh_rank_variances_()
         total = total + t.prior_loss()
     return total
+
+
+@torch.no_grad()
+def update_rank_variances(model: nn.Module) -> None:
+    """Run the closed-form ``λ`` M-step of every Bayesian tensor of ``model`` now (once per optimizer step)."""
+    for _, t in bayesian_tensors(model):
+        t.update_rank_variances_()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ class PruneReport:
     Attributes
     ----------
     threshold
-        The relative threshold used: index ``r`` is inactive when ``λ_r < threshold · max λ``.
+        The relative threshold used: index ``r`` is inactive when ``c_r < threshold · max c``.
     before, after
         Ranks per layer before and after.
     params_before, params_after
@@ -51,28 +53,87 @@ class PruneReport:
         return self.before != self.after
 
 
+def _group_rank(process_group) -> int:
+    return torch.distributed.get_rank(process_group)
+
+
+def _broadcast(obj: Any, process_group) -> Any:
+    box = [obj if _group_rank(process_group) == 0 else None]
+    src = torch.distributed.get_global_rank(process_group, 0) if process_group is not None else 0
+    torch.distributed.broadcast_object_list(box, src=src, group=process_group)
+    return box[0]
+
+
+def _check_same_ranks(found: dict[str, list[int]], process_group) -> None:
+    """Raise when the processes of ``process_group`` hold tensors of different ranks (they would prune apart)."""
+    world = torch.distributed.get_world_size(process_group)
+    everyone: list[Any] = [None] * world
+    torch.distributed.all_gather_object(everyone, found, group=process_group)
+    for r, other in enumerate(everyone):
+        if other != everyone[0]:
+            bad = sorted(k for k in set(other) | set(everyone[0]) if other.get(k) != everyone[0].get(k))
+            name = bad[0] if bad else "?"
+            raise RuntimeError(
+                f"prune(process_group=...): process {r} holds different ranks than process 0 for layer "
+                f"{name!r}: {other.get(name)} against {everyone[0].get(name)}; every process must hold the same "
+                "model (load the same checkpoint everywhere and prune only through this call)"
+            )
+
+
 @torch.no_grad()
 def prune(
-    model: nn.Module, threshold: float = DEFAULT_PRUNE_THRESHOLD, optimizer: torch.optim.Optimizer | None = None
+    model: nn.Module,
+    threshold: float = DEFAULT_PRUNE_THRESHOLD,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    process_group: Any = None,
+    skip: Sequence[str] = (),
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
-    A rank index ``r`` of a bond is inactive when ``λ_r < threshold · max_r λ_r`` (a scale-free,
-    relative threshold); a bond keeps at least rank 1. Factor tensors are replaced by smaller
-    ones, so :func:`count_params` falls and memory is freed.
+    Every two-factor bond is first rotated into its SVD gauge (:meth:`FactorizedTensor.regauge_`,
+    which leaves ``W`` unchanged); then rank index ``r`` of a bond is inactive when its
+    contribution ``c_r < threshold · max_r c_r`` (a scale-free, relative threshold); a bond keeps
+    at least rank 1. Factor tensors are replaced by smaller ones, so :func:`count_params` falls
+    and memory is freed.
 
-    The optimizer stays usable: pass it as ``optimizer`` and its parameter references and state
-    (momentum, Adam moments) are truncated in place. Without it, rebuild the optimizer from
-    ``model.parameters()`` after pruning. Layers with ``method=None`` are left alone.
+    Parameters
+    ----------
+    model
+        The model (or a DDP-wrapped model's ``.module``).
+    threshold
+        Relative pruning threshold, ``> 0``.
+    optimizer
+        Its parameter references and state (momentum, Adam moments) are truncated in place, so
+        training goes on with it. Without it, rebuild the optimizer after pruning.
+    process_group
+        Under ``torch.distributed`` (DDP), the group whose processes must prune identically
+        (``torch.distributed.group.WORLD`` for all). Every process regauges (a deterministic
+        function of parameters DDP keeps identical); process 0 of the group decides which
+        indices to keep and broadcasts them. Raises ``RuntimeError`` when the processes' ranks
+        already differ. ``None``: prune this process's model on its own.
+    skip
+        Names of layers to leave alone (for example collapsed ones, see :class:`ARD`).
+
+    Layers with ``method=None`` are left alone.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
     report = PruneReport(threshold=float(threshold))
-    for name, layer in tensorized_layers(model):
-        t = layer.weight
-        if t.method is None:
-            continue
+    found = [(n, m.weight) for n, m in tensorized_layers(model) if m.weight.method is not None and n not in skip]
+    distributed = process_group is not None
+    if distributed:
+        _check_same_ranks({n: list(t.ranks) for n, t in found}, process_group)
+    for _, t in found:
+        t.regauge_(optimizer)
+    keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
+    if distributed:
+        keep = _broadcast(keep, process_group)
+    for name, t in found:
         report.params_before += t.n_params()
-        report.before[name], report.after[name] = t.prune_(threshold, optimizer)
+        report.before[name] = list(t.ranks)
+        device = t.factors[0].device
+        t.truncate_([torch.tensor(k, dtype=torch.long, device=device) for k in keep[name]], optimizer)
+        report.after[name] = list(t.ranks)
         report.params_after += t.n_params()
     return report

@@ -263,6 +263,10 @@ class TensorizedConv2d(TensorizedModule):
         ``"cp"``, ``"tucker"``, ``"tt"`` or ``"ttm"``.
     max_rank
         Int or per-bond sequence for the kernel tensor (see the module docstring for its modes).
+        ``None`` (default): the largest uniform rank whose factors hold at most ``start_fraction``
+        (default 0.1) of the dense weight's entries.
+    start_fraction
+        Parameter budget of ``max_rank=None``, relative to the dense weight.
     in_shape, out_shape
         Channel mode shapes (products ``in_channels / groups`` and ``out_channels``); chosen
         automatically (balanced, zero-padded if needed) when ``None``.
@@ -292,7 +296,8 @@ class TensorizedConv2d(TensorizedModule):
         bias: bool = True,
         *,
         format: str = "tt",
-        max_rank: RankSpec = 16,
+        max_rank: RankSpec | None = None,
+        start_fraction: float | None = None,
         in_shape: Sequence[int] | None = None,
         out_shape: Sequence[int] | None = None,
         method: str | None = None,
@@ -355,6 +360,7 @@ class TensorizedConv2d(TensorizedModule):
             self.tensor_out_shape,
             self.tensor_in_shape,
             max_rank,
+            start_fraction=start_fraction,
             method=method,
             prior=prior,
             prior_kwargs=prior_kwargs,

@@ -66,6 +66,10 @@ class TensorizedLinear(TensorizedModule):
         ``"cp"``, ``"tucker"``, ``"tt"`` or ``"ttm"``.
     max_rank
         Int or per-bond sequence (CP: 1 bond; Tucker: one per mode; TT, TTM: ``d − 1``).
+        ``None`` (default): the largest uniform rank whose factors hold at most ``start_fraction``
+        (default 0.1) of the dense weight's entries.
+    start_fraction
+        Parameter budget of ``max_rank=None``, relative to the dense weight.
     in_shape, out_shape
         Mode shapes; chosen automatically (balanced, zero-padded if needed) when ``None``.
     bias
@@ -94,7 +98,8 @@ class TensorizedLinear(TensorizedModule):
         out_features: int,
         *,
         format: str = "ttm",
-        max_rank: RankSpec = 16,
+        max_rank: RankSpec | None = None,
+        start_fraction: float | None = None,
         in_shape: Sequence[int] | None = None,
         out_shape: Sequence[int] | None = None,
         bias: bool = True,
@@ -119,6 +124,7 @@ class TensorizedLinear(TensorizedModule):
             self.out_shape,
             self.in_shape,
             max_rank,
+            start_fraction=start_fraction,
             method=method,
             prior=prior,
             prior_kwargs=prior_kwargs,

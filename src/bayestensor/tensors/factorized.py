@@ -43,6 +43,9 @@ RANK_UPDATES = ("em", "gradient")
 #: Default relative pruning threshold: rank component r of a bond is inactive when its
 #: contribution to the weight ``c_r < threshold · max_r c_r`` (see ``FactorizedTensor.contributions``).
 DEFAULT_PRUNE_THRESHOLD = 1e-3
+#: Starting size of a tensor built without ``max_rank``: its factors hold about this fraction of the
+#: dense matrix's entries (uniform ranks, see :meth:`~bayestensor.formats.TensorFormat.ranks_for_budget`).
+DEFAULT_START_FRACTION = 0.1
 #: Initial posterior std of SVI factors, relative to the factor's initial std.
 SVI_INIT_SCALE = 1e-2
 
@@ -71,7 +74,12 @@ class FactorizedTensor(nn.Module):
     out_shape, in_shape
         Mode shapes of the matrix view ``W.reshape(*out_shape, *in_shape)``.
     max_rank
-        Int or per-bond sequence; clipped to the format's full ranks.
+        Int or per-bond sequence; clipped to the format's full ranks. ``None``: the largest uniform
+        rank whose factors hold at most ``start_fraction`` of the dense matrix's entries, so ARD
+        starts with room above what the data need and the start costs a known share of dense.
+    start_fraction
+        Parameter budget of ``max_rank=None`` relative to the dense matrix (default
+        :data:`DEFAULT_START_FRACTION`); ignored when ``max_rank`` is given.
     method
         ``None`` (fixed ranks), ``"map"`` or ``"svi"``.
     prior, prior_kwargs
@@ -91,8 +99,9 @@ class FactorizedTensor(nn.Module):
         format: str,
         out_shape: Shape,
         in_shape: Shape,
-        max_rank: RankSpec,
+        max_rank: RankSpec | None = None,
         *,
+        start_fraction: float | None = None,
         method: str | None = None,
         prior: str = "half_cauchy",
         prior_kwargs: dict[str, float] | None = None,
@@ -112,7 +121,14 @@ class FactorizedTensor(nn.Module):
             raise ValueError(f"em_step must be in (0, 1], got {em_step!r}")
         self.out_shape = tuple(int(s) for s in out_shape)
         self.in_shape = tuple(int(s) for s in in_shape)
-        self.ranks = self.fmt.resolve_ranks(max_rank, self.out_shape, self.in_shape)
+        if max_rank is None:
+            fraction = DEFAULT_START_FRACTION if start_fraction is None else float(start_fraction)
+            if not 0.0 < fraction <= 1.0:
+                raise ValueError(f"start_fraction must be in (0, 1], got {start_fraction!r}")
+            dense = math.prod(self.out_shape) * math.prod(self.in_shape)
+            self.ranks = self.fmt.ranks_for_budget(fraction * dense, self.out_shape, self.in_shape)
+        else:
+            self.ranks = self.fmt.resolve_ranks(max_rank, self.out_shape, self.in_shape)
         self.initial_ranks = list(self.ranks)  # the max ranks training started from
         self.method = method
         self.rank_update = rank_update
@@ -218,11 +234,36 @@ class FactorizedTensor(nn.Module):
                 total = total - Normal(m, s).entropy().sum().to(total.dtype)
         return total
 
+    def _versions(self) -> tuple[int, ...]:
+        """Version counters of the factors (and SVI scales): they change with every in-place update."""
+        params = list(self.factors) + (list(self.raw_scales) if self.method == "svi" else [])
+        return tuple(id(p) for p in params) + tuple(p._version for p in params)
+
+    def rank_variances_are_current(self) -> bool:
+        """Whether ``λ`` has had its M-step since the factors last changed (always true without an M-step)."""
+        if self.method is None or self.rank_update != "em":
+            return True
+        return getattr(self, "_lambda_versions", None) == self._versions()
+
+    @torch.no_grad()
+    def refresh_rank_variances_(self) -> bool:
+        """Run :meth:`update_rank_variances_` unless it already ran for the current factors.
+
+        This is what makes the M-step happen once per optimizer step however often the loss is
+        evaluated: the factors' version counters change only when they are updated in place
+        (an optimizer step, pruning, loading). Returns whether it ran.
+        """
+        if self.rank_variances_are_current():
+            return False
+        self.update_rank_variances_()
+        return True
+
     @torch.no_grad()
     def update_rank_variances_(self) -> None:
         """Closed-form M-step ``λ ← (1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``."""
         if self.method is None or self.rank_update != "em":
             return
+        self._lambda_versions = self._versions()
         energies, counts = self.rank_statistics()
         for b, (energy, count) in enumerate(zip(energies, counts, strict=True)):
             lam = getattr(self, f"rank_variance_{b}")

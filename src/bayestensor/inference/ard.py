@@ -1,0 +1,243 @@
+r"""``ARD``: the supported way to train a tensorized model with automatic rank determination.
+
+One object owns everything around the optimizer step that ARD needs, so a training loop only
+adds one call per batch and one per epoch::
+
+    ard = bt.ARD(model, optimizer, num_data=len(train_set), epochs=epochs)
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = ard.loss(F.cross_entropy(model(x), y))   # task loss + β(t) · prior / N
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()                                # λ M-step right after the step (a hook)
+        ard.end_epoch()                                     # pruning schedule, collapse check
+
+What it does:
+
+* **Scaling.** The objective of one batch is
+
+  .. math::
+
+      \mathcal{L} = \frac{1}{B}\sum_{i\in\text{batch}} \ell_i + \frac{β(t)}{N}\,\mathcal{R}(W, λ),
+
+  with :math:`\mathcal{R}` = :func:`~bayestensor.prior_loss` and ``N = num_data``, the
+  number of training examples (``β = 1`` is the posterior; smaller values temper the prior).
+* **KL warm-up.** :math:`β(t)` is 0 for the first ``no_kl_epochs``, then rises linearly to
+  ``kl_weight`` over ``warmup_epochs`` (:func:`~bayestensor.kl_weight`); with
+  ``steps_per_epoch`` the ramp moves every step. The defaults are fractions of the run
+  (:data:`DEFAULT_NO_KL_FRACTION`, :data:`DEFAULT_WARMUP_FRACTION`), so a short run and a long
+  one get the same shape of schedule: the data shape the factors before the prior starts to
+  switch components off.
+* **λ update.** The closed-form M-step runs in an optimizer step post-hook, exactly once per
+  optimizer step, whatever the loop evaluates in between; :meth:`loss` changes no state.
+* **Pruning schedule.** :meth:`end_epoch` prunes physically (:func:`~bayestensor.prune`, with
+  the optimizer, so its state follows) every ``prune_every`` epochs once the prior is on, and
+  at the end of the last epoch; under DDP pass ``process_group``.
+* **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
+  value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
+  nothing irreversible happens to it; :attr:`collapsed` lists those layers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..tensors import DEFAULT_PRUNE_THRESHOLD
+from .objective import bayesian_tensors, prior_loss
+from .pruning import PruneReport, prune, tensorized_layers
+from .schedules import kl_weight
+
+#: A tensorized layer counts as collapsed when its weight RMS falls below this fraction of its initial RMS.
+COLLAPSE_RATIO = 1e-2
+#: Default length of the no-KL phase, as a fraction of ``epochs``.
+DEFAULT_NO_KL_FRACTION = 0.1
+#: Default length of the linear KL ramp after it, as a fraction of ``epochs``.
+DEFAULT_WARMUP_FRACTION = 0.2
+
+
+class CollapseWarning(UserWarning):
+    """A tensorized layer's whole weight shrank to (almost) zero."""
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class ARD:
+    """Automatic rank determination around a user's optimizer (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        The model (a DDP-wrapped model is unwrapped).
+    optimizer
+        The optimizer of ``model``'s parameters; :meth:`end_epoch` keeps its state across pruning.
+    num_data
+        ``N``, the number of training examples the task loss averages over per epoch.
+    epochs
+        Planned length of the run; the warm-up defaults are fractions of it and the last
+        :meth:`end_epoch` prunes for good.
+    kl_weight
+        ``β`` after the warm-up (``1`` = the Bayesian posterior).
+    no_kl_epochs, warmup_epochs
+        The warm-up (fractional epochs allowed); ``None`` = the default fractions of ``epochs``.
+        Their sum may not exceed ``epochs``.
+    steps_per_epoch
+        Optimizer steps per epoch, for a per-step ramp (``None``: the ramp moves once per epoch).
+    prune_every
+        Epochs between pruning passes once the prior is on.
+    prune_threshold
+        Relative pruning threshold (:func:`~bayestensor.prune`).
+    process_group
+        ``torch.distributed`` group whose processes prune identically (DDP); ``None`` outside DDP.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        num_data: int,
+        epochs: int,
+        kl_weight: float = 1.0,
+        no_kl_epochs: float | None = None,
+        warmup_epochs: float | None = None,
+        steps_per_epoch: int | None = None,
+        prune_every: int = 1,
+        prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
+        process_group: Any = None,
+    ) -> None:
+        self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.optimizer = optimizer
+        self.num_data = _positive_int("num_data", num_data)
+        self.epochs = _positive_int("epochs", epochs)
+        self.prune_every = _positive_int("prune_every", prune_every)
+        if steps_per_epoch is not None:
+            _positive_int("steps_per_epoch", steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        if not (isinstance(kl_weight, int | float) and math.isfinite(kl_weight) and kl_weight >= 0):
+            raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+        if not prune_threshold > 0:
+            raise ValueError(f"prune_threshold must be > 0, got {prune_threshold!r}")
+        self.kl_weight = float(kl_weight)
+        self.no_kl_epochs = DEFAULT_NO_KL_FRACTION * epochs if no_kl_epochs is None else float(no_kl_epochs)
+        self.warmup_epochs = DEFAULT_WARMUP_FRACTION * epochs if warmup_epochs is None else float(warmup_epochs)
+        if self.no_kl_epochs < 0 or self.warmup_epochs < 0:
+            raise ValueError(
+                f"no_kl_epochs and warmup_epochs must be >= 0, got {self.no_kl_epochs} and {self.warmup_epochs}"
+            )
+        if self.no_kl_epochs + self.warmup_epochs > epochs:
+            raise ValueError(
+                f"the KL warm-up (no_kl_epochs={self.no_kl_epochs:g} + warmup_epochs={self.warmup_epochs:g}) is longer "
+                f"than the run (epochs={epochs}); shorten it or train longer"
+            )
+        self.prune_threshold = float(prune_threshold)
+        self.process_group = process_group
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.collapsed: list[str] = []
+        self.history: list[PruneReport] = []
+        self.tensors = bayesian_tensors(self.model)
+        if not self.tensors:
+            warnings.warn(
+                "ARD: the model has no tensorized layers with method='map' or 'svi'; the prior term is 0 "
+                "and nothing will be pruned",
+                stacklevel=2,
+            )
+        self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
+        self._hook = optimizer.register_step_post_hook(self._after_step)
+
+    # ------------------------------------------------------------------ per step
+    @property
+    def beta(self) -> float:
+        """The KL weight ``β(t)`` of the current step."""
+        t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
+        return kl_weight(
+            t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight
+        )
+
+    def prior_term(self) -> Tensor:
+        """``β(t) · prior_loss(model) / N``, the term :meth:`loss` adds (no state changes)."""
+        return self.beta * prior_loss(self.model) / self.num_data
+
+    def loss(self, task_loss: Tensor) -> Tensor:
+        """``task_loss + β(t) · prior_loss(model) / N`` for a batch-mean ``task_loss``; changes no state."""
+        if not self.tensors:
+            return task_loss
+        return task_loss + self.prior_term().to(task_loss.dtype)
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.step_in_epoch += 1
+        for _, t in self.tensors:
+            if t.training:
+                t.update_rank_variances_()
+
+    # ------------------------------------------------------------------ per epoch
+    def _check_collapse(self) -> list[str]:
+        new = []
+        for name, layer in tensorized_layers(self.model):
+            start = self.initial_rms.get(name)
+            if start and name not in self.collapsed and layer.weight.weight_rms() < COLLAPSE_RATIO * start:
+                self.collapsed.append(name)
+                new.append(name)
+        if new:
+            warnings.warn(
+                f"ARD: tensorized layer(s) {', '.join(repr(n) for n in new)} collapsed: the weight RMS fell under "
+                f"{COLLAPSE_RATIO:.0%} of its initial value, so the layer computes almost nothing; it is no longer "
+                "pruned. Lower kl_weight, lengthen the warm-up, or start from larger ranks.",
+                CollapseWarning,
+                stacklevel=3,
+            )
+        return new
+
+    def end_epoch(self) -> PruneReport | None:
+        """Close an epoch: collapse check, then prune on schedule; returns the prune report or ``None``."""
+        epoch, self.epoch, self.step_in_epoch = self.epoch, self.epoch + 1, 0
+        if not self.tensors:
+            return None
+        self._check_collapse()
+        prior_on = epoch + 1 > self.no_kl_epochs
+        last = epoch + 1 >= self.epochs
+        due = prior_on and (epoch + 1 - math.ceil(self.no_kl_epochs)) % self.prune_every == 0
+        if not (due or last):
+            return None
+        report = prune(
+            self.model,
+            self.prune_threshold,
+            self.optimizer,
+            process_group=self.process_group,
+            skip=self.collapsed,
+        )
+        self.tensors = bayesian_tensors(self.model)
+        self.history.append(report)
+        return report
+
+    # ------------------------------------------------------------------ lifecycle
+    def state_dict(self) -> dict[str, Any]:
+        """Progress counters and collapse record, for checkpoints (the model and optimizer save their own)."""
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "collapsed": list(self.collapsed),
+            "initial_rms": dict(self.initial_rms),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        missing = {"epoch", "step_in_epoch", "collapsed", "initial_rms"} - set(state)
+        if missing:
+            raise ValueError(f"ARD state is missing {sorted(missing)}; expected the dict of ARD.state_dict()")
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.collapsed, self.initial_rms = list(state["collapsed"]), dict(state["initial_rms"])
+
+    def close(self) -> None:
+        """Remove the optimizer hook."""
+        self._hook.remove()
