@@ -140,6 +140,7 @@ class FactorizedTensor(nn.Module):
         self.factors = nn.ParameterList(
             [nn.Parameter(torch.randn(s, **factory) * sd) for s, sd in zip(shapes, stds, strict=True)]
         )
+        self._rescale_to_std_(init_std)
         if method == "svi":
             self.raw_scales = nn.ParameterList(
                 [
@@ -160,6 +161,20 @@ class FactorizedTensor(nn.Module):
                     self.register_buffer(f"rank_variance_{b}", lam.clone())
                 else:
                     self.register_parameter(f"log_rank_variance_{b}", nn.Parameter(lam.log()))
+
+    @torch.no_grad()
+    def _rescale_to_std_(self, target_std: float) -> None:
+        """Scale every factor by the same ``c`` so the drawn weight's RMS is exactly ``target_std``.
+
+        The i.i.d. factor stds give the right variance only in expectation: a product of several
+        random cores has a heavy-tailed norm, and one draw of a 6-core TT can land at half the
+        target. Rescaling each of the ``F`` factors by ``(target / rms)^{1/F}`` fixes the draw.
+        """
+        rms = self.weight_rms()
+        if rms > 0 and target_std > 0:
+            c = (target_std / rms) ** (1.0 / len(self.factors))
+            for f in self.factors:
+                f.mul_(c)
 
     # ------------------------------------------------------------------ shapes and counts
     @property

@@ -1,0 +1,235 @@
+"""The ARD training API: pure loss, one M-step per optimizer step, warm-up, pruning schedule, collapse, DDP, init."""
+
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import bayestensor as bt
+from bayestensor.data import planted_regression, planted_teacher
+from bayestensor.formats import get_format
+
+FORMATS = bt.available_formats()
+
+
+def small_model(method="map", em_step=1.0, fmt="ttm"):
+    torch.manual_seed(0)
+    kw = dict(format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method=method, em_step=em_step)
+    return nn.Sequential(bt.TensorizedLinear(16, 16, **kw), nn.Tanh(), bt.TensorizedLinear(16, 16, **kw))
+
+
+def data(n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
+
+
+def m_step_targets(t):
+    energies, counts = t.rank_statistics()
+    return [t.prior.map_update(e.detach(), c) for e, c in zip(energies, counts, strict=True)]
+
+
+def test_loss_changes_no_state_and_repeats_exactly():
+    model = small_model()
+    x, y = data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=len(x), epochs=4, no_kl_epochs=0, warmup_epochs=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = ard.loss(F.mse_loss(model(x), y))
+    second = ard.loss(F.mse_loss(model(x), y))
+    assert torch.equal(first, second)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("use_ard", [True, False])
+def test_damped_m_step_runs_once_per_optimizer_step_under_gradient_accumulation(use_ard):
+    """λ ← ½ λ + ½ λ*(W) exactly once per step, though the loss is evaluated three times per step."""
+    model = small_model(em_step=0.5)
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=len(x), epochs=4, no_kl_epochs=0, warmup_epochs=0) if use_ard else None
+    tensors = [m.weight for m in model if isinstance(m, bt.TensorizedLinear)]
+    reference = [[lam.clone() for lam in t.rank_variances()] for t in tensors]
+    for _ in range(3):
+        opt.zero_grad()
+        for chunk in range(3):  # gradient accumulation over 3 micro-batches, plus a logging evaluation
+            idx = slice(chunk * 20, chunk * 20 + 20)
+            task = F.mse_loss(model(x[idx]), y[idx])
+            loss = ard.loss(task) if use_ard else task + bt.prior_loss(model) / len(x)
+            (loss / 3).backward()
+        (ard.loss(task) if use_ard else bt.prior_loss(model)).detach()
+        opt.step()
+        if not use_ard:
+            bt.prior_loss(model)  # the plain loop's next evaluation runs the step's M-step
+        for t, ref in zip(tensors, reference, strict=True):
+            for b, target in enumerate(m_step_targets(t)):
+                ref[b] = 0.5 * ref[b] + 0.5 * target
+    for t, ref in zip(tensors, reference, strict=True):
+        for lam, want in zip(t.rank_variances(), ref, strict=True):
+            torch.testing.assert_close(lam, want)
+
+
+def test_warm_up_schedule_follows_the_run():
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=10, epochs=10, kl_weight=0.5, steps_per_epoch=4)
+    assert ard.no_kl_epochs == pytest.approx(1.0) and ard.warmup_epochs == pytest.approx(2.0)
+    seen = []
+    x, y = data(8)
+    for _epoch in range(10):
+        for _ in range(4):
+            seen.append(ard.beta)
+            opt.zero_grad()
+            ard.loss(F.mse_loss(model(x), y)).backward()
+            opt.step()
+        ard.end_epoch()
+    expected = [bt.kl_weight(s / 4, no_kl_epochs=1, warmup_epochs=2, max_weight=0.5) for s in range(40)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == 0 and seen[-1] == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_data": 0}, "num_data must be a positive int"),
+        ({"num_data": -5}, "num_data must be a positive int"),
+        ({"epochs": 0}, "epochs must be a positive int"),
+        ({"no_kl_epochs": 3, "warmup_epochs": 3}, "longer than the run"),
+        ({"kl_weight": -1.0}, "kl_weight must be"),
+        ({"prune_threshold": 0.0}, "prune_threshold must be"),
+        ({"prune_every": 0}, "prune_every must be"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    args = {"num_data": 10, "epochs": 5} | kwargs
+    with pytest.raises(ValueError, match=match):
+        bt.ARD(model, opt, **args)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_end_epoch_prunes_physically_and_keeps_the_optimizer(fmt):
+    """Components driven to zero are removed on schedule; Adam's moments follow; training goes on and fits."""
+    torch.manual_seed(0)
+    layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+    teacher = planted_teacher(fmt, (4, 4), (4, 4), [1] * layer.weight.num_bonds, dtype=torch.float32)
+    x, y = planted_regression(teacher, 256)
+    opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
+    ard = bt.ARD(layer, opt, num_data=len(x), epochs=90, prune_every=20)
+    pruned_at, start = [], bt.count_params(layer)
+    for epoch in range(90):
+        for idx in torch.randperm(len(x)).split(32):
+            loss = ard.loss(F.mse_loss(layer(x[idx]), y[idx], reduction="sum") / len(idx))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if epoch == 89:  # what ARD does to an unneeded component: shrink it to nothing
+            t = layer.weight
+            with torch.no_grad():
+                for group in t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks):
+                    if t.ranks[group.bond] > 1:
+                        f, axis = group.members[0]
+                        t.factors[f].index_fill_(axis, torch.tensor([t.ranks[group.bond] - 1]), 0.0)
+        if ard.end_epoch() is not None:
+            pruned_at.append(epoch)
+    assert pruned_at == [28, 48, 68, 88, 89]  # no KL in epochs 0-8, then every 20th epoch, and the last
+    assert bt.count_params(layer) < start
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert params == {id(p) for p in layer.parameters()}
+    for p, state in opt.state.items():
+        assert state["exp_avg"].shape == p.shape
+    assert (layer(x) - y).norm() / y.norm() < 0.1
+
+
+def test_a_collapsed_layer_is_named_and_never_pruned():
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=10, epochs=2, no_kl_epochs=0, warmup_epochs=0)
+    ranks = bt.ranks(model)["2"]
+    with torch.no_grad():
+        for f in model[2].weight.factors:
+            f.mul_(1e-3)
+    with pytest.warns(bt.CollapseWarning, match="'2'"):
+        ard.end_epoch()
+    assert ard.collapsed == ["2"] and bt.ranks(model)["2"] == ranks
+
+
+def _ddp_prune(rank, world, init_file, queue):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = small_model()
+        if rank == 1:
+            model[0].weight.truncate_([torch.arange(2), torch.arange(4), torch.arange(4)][: model[0].weight.num_bonds])
+        try:
+            bt.prune(model, process_group=dist.group.WORLD)
+            queue.put((rank, "no error"))
+        except RuntimeError as err:
+            queue.put((rank, str(err)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_prune_refuses_ranks_that_differ_across_processes():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        procs = [ctx.Process(target=_ddp_prune, args=(r, 2, init_file, queue)) for r in range(2)]
+        for p in procs:
+            p.start()
+        results = dict(queue.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+    for msg in results.values():
+        assert "different ranks" in msg and "'0'" in msg
+
+
+# ---------------------------------------------------------------- starting points of tensorize
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_random_init_has_the_dense_weight_std(fmt):
+    torch.manual_seed(0)
+    for dense in (nn.Linear(256, 128), nn.Conv2d(32, 64, 3)):
+        layer = bt.from_dense(dense, format=fmt, max_rank=8, init="random")
+        w = layer.full_weight() if isinstance(layer, bt.TensorizedLinear) else layer.full_weight()
+        ratio = float(w.std() / dense.weight.std())
+        assert ratio == pytest.approx(1.0, rel=0.05), (type(dense).__name__, ratio)
+        torch.testing.assert_close(layer.bias, dense.bias)
+
+
+def test_tensorize_defaults_to_random_and_decompose_is_explicit():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    std = float(net[0].weight.std())
+    model, summary = bt.tensorize(net, format="tt", min_params=2_000)
+    assert summary[0]["rel_error"] > 1.0  # random factors, not a (poor) decomposition of a random weight
+    assert float(model[0].full_weight().std()) / std == pytest.approx(1.0, rel=0.05)
+    net = nn.Sequential(nn.Linear(256, 128))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.randn(128, 2) @ torch.randn(2, 256))  # a "trained", low-rank weight
+    model, summary = bt.tensorize(net, format="tt", max_rank=64, min_params=2_000, init="decompose")
+    assert summary[0]["rel_error"] < 1e-6
+    with pytest.raises(ValueError, match="unknown init 'svd'"):
+        bt.tensorize(nn.Sequential(nn.Linear(256, 128)), min_params=0, init="svd")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3])
+def test_default_ranks_fill_the_parameter_budget(fmt, fraction):
+    f = get_format(fmt)
+    for out_s, in_s in (((8, 8, 8), (14, 14, 16)), ((4, 4), (8, 8)), ((16, 32), (32, 32))):
+        if f.paired_modes and len(out_s) != len(in_s):
+            continue
+        dense = math.prod(out_s) * math.prod(in_s)
+        t = bt.FactorizedTensor(fmt, out_s, in_s, None, start_fraction=fraction)
+        assert t.n_params() <= max(fraction * dense, f.n_params(out_s, in_s, f.resolve_ranks(1, out_s, in_s)))
+        bigger = f.resolve_ranks(max(t.ranks) + 1, out_s, in_s)
+        assert bigger == list(t.ranks) or f.n_params(out_s, in_s, bigger) > fraction * dense
+    with pytest.raises(ValueError, match="start_fraction"):
+        bt.FactorizedTensor(fmt, (4, 4), (4, 4), None, start_fraction=0.0)
