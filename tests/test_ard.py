@@ -104,6 +104,7 @@ def test_warm_up_schedule_follows_the_run():
         ({"kl_weight": -1.0}, "kl_weight must be"),
         ({"prune_threshold": 0.0}, "prune_threshold must be"),
         ({"prune_every": 0}, "prune_every must be"),
+        ({"prune_start": -1}, "prune_start must be"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -140,7 +141,7 @@ def test_end_epoch_prunes_physically_and_keeps_the_optimizer(fmt):
                         t.factors[f].index_fill_(axis, torch.tensor([weakest[group.bond]]), 0.0)
         if ard.end_epoch() is not None:
             pruned_at.append(epoch)
-    assert pruned_at == [28, 48, 68, 88, 89]  # no KL in epochs 0-8, then every 20th epoch, and the last
+    assert pruned_at == [9, 29, 49, 69, 89]  # no KL in epochs 0-8, then every 20th epoch from the 10th
     assert bt.count_params(layer) < start
     params = {id(p) for g in opt.param_groups for p in g["params"]}
     assert params == {id(p) for p in layer.parameters()}

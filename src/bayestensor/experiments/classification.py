@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inference import expected_calibration_error, negative_log_likelihood, predict
+from ..inference import ARD, expected_calibration_error, negative_log_likelihood, predict
 from .config import RunConfig
 from .distributed import DistContext
 from .progress import Console
@@ -56,9 +56,8 @@ class ClassificationTask:
         self.device = device
 
     def train_epoch(
-        self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, beta: float,
-        bayes: bool, console: Console,
-    ) -> dict[str, float]:  # fmt: skip
+        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+    ) -> dict[str, float]:
         """One pass over this process's shard; returns mean ``train_loss`` and ``prior_loss`` per batch."""
         cfg = self.cfg.train
         net.train()
@@ -73,9 +72,7 @@ class ClassificationTask:
         with console.progress(len(starts), f"epoch {epoch + 1}") as advance:
             for i in starts:
                 idx = perm[i : i + cfg.batch_size]
-                loss, reg = objective_step(
-                    F.cross_entropy(net(self.xtr[idx]), self.ytr[idx]), model, optimizer, beta, bayes, self.num_train
-                )
+                loss, reg = objective_step(F.cross_entropy(net(self.xtr[idx]), self.ytr[idx]), ard, optimizer)
                 total, total_prior = total + loss, total_prior + reg
                 batches += 1
                 advance()

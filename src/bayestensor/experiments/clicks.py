@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import KAGGLE_ROWS, ClickBatch, SyntheticClicks, split_bounds
-from ..inference import sampling
+from ..inference import ARD, sampling
 from ..layers import TensorizedEmbedding
 from .auc import binary_accuracy, binary_log_loss, roc_auc
 from .config import RunConfig
@@ -48,9 +48,8 @@ class ClicksTask:
         return ClickBatch(*(t.to(self.device, non_blocking=True) for t in batch))
 
     def train_epoch(
-        self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, beta: float,
-        bayes: bool, console: Console,
-    ) -> dict[str, float]:  # fmt: skip
+        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+    ) -> dict[str, float]:
         """One epoch of this process's batches; also measures training throughput (all processes)."""
         net.train()
         total, total_prior, batches, rows = 0.0, 0.0, 0, 0
@@ -58,14 +57,8 @@ class ClicksTask:
         with console.progress(len(self.train), f"epoch {epoch + 1}") as advance:
             for batch in self.train.epoch(epoch):
                 dense, sparse, label = self._move(batch)
-                loss, reg = objective_step(
-                    F.binary_cross_entropy_with_logits(net(dense, sparse), label),
-                    model,
-                    optimizer,
-                    beta,
-                    bayes,
-                    self.num_train,
-                )
+                task_loss = F.binary_cross_entropy_with_logits(net(dense, sparse), label)
+                loss, reg = objective_step(task_loss, ard, optimizer)
                 total, total_prior = total + loss, total_prior + reg
                 batches += 1
                 rows += label.shape[0]

@@ -38,8 +38,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..inference import prune
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -140,12 +138,6 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def prune_consistent(
-    model: nn.Module, threshold: float, ctx: DistContext, optimizer: torch.optim.Optimizer | None = None
-) -> bool:
-    """:func:`bayestensor.prune` identically on every process (``process_group=WORLD`` under DDP).
-
-    Returns whether any rank shrank.
-    """
-    group = dist.group.WORLD if ctx.enabled else None
-    return prune(model, threshold, optimizer, process_group=group).changed
+def process_group(ctx: DistContext) -> Any:
+    """The group :func:`bayestensor.prune` keeps consistent: ``WORLD`` under DDP, else ``None``."""
+    return dist.group.WORLD if ctx.enabled else None

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..inference import prior_loss
+from ..inference import ARD
 
 
-def objective_step(
-    task_loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, beta: float, bayes: bool, num_train: int
-) -> tuple[float, float]:
-    """Minimise ``task_loss + β · prior_loss(model) / N`` by one optimizer step.
+def objective_step(task_loss: Tensor, ard: ARD, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """Minimise ``task_loss + β(t) · prior_loss(model) / N`` (:meth:`ARD.objective`) by one optimizer step.
 
-    :func:`bayestensor.prior_loss` also runs the closed-form λ M-step first. Returns the total
-    loss and the prior term (0 without Bayesian layers) as floats, for logging.
+    The λ M-step runs in ``ard``'s optimizer hook, after the step. Returns the total loss and
+    the prior term (0 without Bayesian layers) as floats, for logging.
     """
-    loss, reg_value = task_loss, 0.0
-    if bayes:
-        reg = prior_loss(model)
-        loss = loss + beta * reg / num_train
-        reg_value = float(reg.detach())
+    loss, reg = ard.objective(task_loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), reg_value
+    return float(loss.detach()), float(reg.detach())

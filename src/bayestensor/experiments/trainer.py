@@ -15,14 +15,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..inference import bayesian_tensors, kl_weight, ranks
+from ..inference import ARD, bayesian_tensors, ranks
 from ..io import save as export_model
 from ..tensors import count_params, dense_params
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
 from .config import RunConfig, dump_toml
-from .distributed import DistContext, barrier, gather_objects, init_distributed, prune_consistent, shutdown, wrap
+from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
 from .optim import make_optimizer
 from .progress import Console
 from .registry import Experiment, get_experiment
@@ -45,9 +45,8 @@ class Task(Protocol):
     num_train: int
 
     def train_epoch(
-        self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, beta: float,
-        bayes: bool, console: Console,
-    ) -> dict[str, float]: ...  # fmt: skip
+        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+    ) -> dict[str, float]: ...
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]: ...
 
@@ -61,6 +60,26 @@ def make_task(exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.d
     if exp.task == "clicks":
         return ClicksTask(exp, cfg, ctx, device)
     return ClassificationTask(exp, cfg, ctx, device)
+
+
+def make_ard(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, num_train: int, ctx: DistContext
+) -> ARD:
+    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, its warm-up and pruning schedule."""
+    t = cfg.train
+    return ARD(
+        model,
+        optimizer,
+        num_data=num_train,
+        epochs=t.epochs,
+        kl_weight=t.kl_weight,
+        no_kl_epochs=t.no_kl_epochs,
+        warmup_epochs=t.warmup_epochs,
+        prune_every=t.prune_every,
+        prune_start=t.prune_start,
+        prune_threshold=t.prune_threshold,
+        process_group=process_group(ctx),
+    )
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -131,23 +150,23 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         (run_dir / "config.toml").write_text(dump_toml(cfg.to_dict()))
     if ctx.is_main:
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    ard = make_ard(model, optimizer, cfg, task.num_train, ctx)
+    if resume:
+        ard.load_state_dict(state.get("ard") or {**ard.state_dict(), "epoch": start, "initial_rms": initial_rms})
     net = wrap(model, ctx)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
     t0 = time.perf_counter() - elapsed
+    before, params_before = None, 0
     for epoch in range(start, cfg.train.epochs):
-        beta = kl_weight(
-            epoch,
-            no_kl_epochs=cfg.train.no_kl_epochs,
-            warmup_epochs=cfg.train.warmup_epochs,
-            max_weight=cfg.train.kl_weight,
-        )
-        losses = task.train_epoch(net, model, optimizer, epoch, beta, bayes, console)
-        pruned = None
-        if bayes and epoch >= cfg.train.prune_start and (epoch - cfg.train.prune_start) % cfg.train.prune_every == 0:
-            pruned = prune_consistent(model, cfg.train.prune_threshold, ctx, optimizer)
-            if pruned:
-                net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
+        beta = ard.beta
+        losses = task.train_epoch(net, ard, optimizer, epoch, console)
+        if epoch + 1 == cfg.train.epochs:
+            before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
+        report_prune = ard.end_epoch() if bayes else None
+        pruned = report_prune.changed if report_prune is not None else None
+        if pruned:
+            net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
         row = {
             "epoch": epoch,
             **losses,
@@ -167,6 +186,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": None,
+                    "ard": ard.state_dict(),
+                    "before_final_prune": (before, params_before),
                     "epoch": epoch,
                     "history": history,
                     "rng": rngs if ctx.enabled else rngs[0],
@@ -185,13 +206,12 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         console.epoch(row)
         if kill_after and epoch + 1 == kill_after:
             os._exit(KILL_STATUS)
+    ard.close()
 
     train_seconds = time.perf_counter() - t0
     samples = cfg.train.predict_samples if cfg.model.method == "svi" and not cfg.model.dense else 1
-    before = task.epoch_metrics(model)
-    params_before = count_params(model)
-    if bayes:
-        prune_consistent(model, cfg.train.prune_threshold, ctx)
+    if before is None:  # resumed after the last epoch: what it measured before its final prune
+        before, params_before = state.get("before_final_prune") or (task.epoch_metrics(model), count_params(model))
     final = task.final_metrics(model, samples)
     params = count_params(model)
     dense = dense_params(model)

@@ -91,8 +91,10 @@ class ARD:
         Their sum may not exceed ``epochs``.
     steps_per_epoch
         Optimizer steps per epoch, for a per-step ramp (``None``: the ramp moves once per epoch).
-    prune_every
-        Epochs between pruning passes once the prior is on.
+    prune_every, prune_start
+        Prune after epoch ``e`` (0-based) when ``e ≥ prune_start`` and ``(e − prune_start)`` is a
+        multiple of ``prune_every``, and after the last epoch. ``prune_start=None``: the first
+        epoch in which the prior is on.
     prune_threshold
         Relative pruning threshold (:func:`~bayestensor.prune`).
     process_group
@@ -111,6 +113,7 @@ class ARD:
         warmup_epochs: float | None = None,
         steps_per_epoch: int | None = None,
         prune_every: int = 1,
+        prune_start: int | None = None,
         prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
         process_group: Any = None,
     ) -> None:
@@ -138,6 +141,10 @@ class ARD:
                 f"the KL warm-up (no_kl_epochs={self.no_kl_epochs:g} + warmup_epochs={self.warmup_epochs:g}) is longer "
                 f"than the run (epochs={epochs}); shorten it or train longer"
             )
+        bad_start = isinstance(prune_start, bool) or not isinstance(prune_start, int) or prune_start < 0
+        if prune_start is not None and bad_start:
+            raise ValueError(f"prune_start must be an int >= 0 or None, got {prune_start!r}")
+        self.prune_start = math.ceil(self.no_kl_epochs) if prune_start is None else prune_start
         self.prune_threshold = float(prune_threshold)
         self.process_group = process_group
         self.epoch = 0
@@ -163,15 +170,16 @@ class ARD:
             t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight
         )
 
-    def prior_term(self) -> Tensor:
-        """``β(t) · prior_loss(model) / N``, the term :meth:`loss` adds (no state changes)."""
-        return self.beta * prior_loss(self.model) / self.num_data
+    def objective(self, task_loss: Tensor) -> tuple[Tensor, Tensor]:
+        """``(task_loss + β(t) · R / N, R)`` with ``R = prior_loss(model)``, for logging both; changes no state."""
+        if not self.tensors:
+            return task_loss, task_loss.new_zeros(())
+        reg = prior_loss(self.model)
+        return task_loss + (self.beta * reg / self.num_data).to(task_loss.dtype), reg
 
     def loss(self, task_loss: Tensor) -> Tensor:
         """``task_loss + β(t) · prior_loss(model) / N`` for a batch-mean ``task_loss``; changes no state."""
-        if not self.tensors:
-            return task_loss
-        return task_loss + self.prior_term().to(task_loss.dtype)
+        return self.objective(task_loss)[0]
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -204,9 +212,8 @@ class ARD:
         if not self.tensors:
             return None
         self._check_collapse()
-        prior_on = epoch + 1 > self.no_kl_epochs
         last = epoch + 1 >= self.epochs
-        due = prior_on and (epoch + 1 - math.ceil(self.no_kl_epochs)) % self.prune_every == 0
+        due = epoch >= self.prune_start and (epoch - self.prune_start) % self.prune_every == 0
         if not (due or last):
             return None
         report = prune(

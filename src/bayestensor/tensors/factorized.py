@@ -170,6 +170,8 @@ class FactorizedTensor(nn.Module):
         random cores has a heavy-tailed norm, and one draw of a 6-core TT can land at half the
         target. Rescaling each of the ``F`` factors by ``(target / rms)^{1/F}`` fixes the draw.
         """
+        if self.factors[0].is_meta:
+            return
         rms = self.weight_rms()
         if rms > 0 and target_std > 0:
             c = (target_std / rms) ** (1.0 / len(self.factors))
