@@ -25,18 +25,17 @@ MAX_RANK, EPOCHS, KL = 16, (2 if SMOKE else 60), 0.2
 
 def fit(model: nn.Module, x, y, epochs: int, bayes: bool) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for epoch in range(epochs):
+    ard = bt.ARD(model, opt, num_data=len(x), epochs=epochs, kl_weight=KL, no_kl_epochs=0,
+                 warmup_epochs=min(5, epochs), prune_start=4, prune_every=5) if bayes else None  # fmt: skip
+    for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
             loss = F.cross_entropy(model(x[idx]), y[idx])
-            if bayes:
-                loss = loss + KL * bt.kl_weight(epoch, warmup_epochs=5) * bt.prior_loss(model) / len(x)
+            loss = ard.loss(loss) if bayes else loss
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if bayes and epoch % 5 == 4:
-            bt.prune(model, optimizer=opt)
-    if bayes:
-        bt.prune(model)
+        if bayes:
+            ard.end_epoch()
 
 
 def accuracy(model: nn.Module, x, y) -> float:

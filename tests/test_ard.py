@@ -235,3 +235,56 @@ def test_default_ranks_fill_the_parameter_budget(fmt, fraction):
         assert bigger == list(t.ranks) or f.n_params(out_s, in_s, bigger) > fraction * dense
     with pytest.raises(ValueError, match="start_fraction"):
         bt.FactorizedTensor(fmt, (4, 4), (4, 4), None, start_fraction=0.0)
+
+
+# ---------------------------------------------------------------- stating the trade-off
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prune_to_a_parameter_budget_removes_the_weakest_components_first(fmt):
+    model = small_model(fmt=fmt)
+    layers = {"0": model[0].weight, "2": model[2].weight}
+    for t in layers.values():
+        t.regauge_()  # prune regauges too; in this gauge that changes nothing, so indices stay comparable
+    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in layers.items()}
+    start = sum(t.n_params() for t in layers.values())
+    budget = start // 2
+    kept_before = {n: [list(range(r)) for r in t.ranks] for n, t in layers.items()}
+    report = bt.prune(model, threshold=1e-12, max_params=budget)
+    assert report.params_after <= budget < report.params_before
+    removed, kept = [], []
+    for n, t in layers.items():
+        for b, r_after in enumerate(t.ranks):
+            order = sorted(kept_before[n][b], key=lambda r: -rel[n][b][r])
+            kept += [rel[n][b][r] for r in order[:r_after] if r_after > 1]
+            removed += [rel[n][b][r] for r in order[r_after:]]
+    assert removed and max(removed) <= min(kept, default=1.0) + 1e-9
+    tiny = bt.prune(model, threshold=1e-12, max_params=0)  # nothing fits: every bond ends at rank 1
+    assert all(r == 1 for ranks in tiny.after.values() for r in ranks)
+
+
+@pytest.mark.parametrize("target", [20.0, 40.0])
+def test_target_compression_is_met_within_a_quarter(target):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        bt.TensorizedLinear(64, 256, format="ttm", method="map"), nn.ReLU(),
+        bt.TensorizedLinear(256, 10, format="ttm", method="map"),
+    )  # fmt: skip
+    x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    ard = bt.ARD(model, opt, num_data=len(x), epochs=10, kl_weight=0.2, target_compression=target)
+    start = ard.compression()
+    assert start < target
+    for _ in range(10):
+        for idx in torch.randperm(len(x)).split(64):
+            loss = ard.loss(F.cross_entropy(model(x[idx]), y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ard.end_epoch()
+    assert 0.75 * target <= ard.compression() <= 1.25 * target, ard.compression()
+
+
+@pytest.mark.parametrize("value", [1.0, 0.5, -3.0, float("inf")])
+def test_target_compression_must_exceed_one(value):
+    model = small_model()
+    with pytest.raises(ValueError, match="target_compression must be a finite number > 1"):
+        bt.ARD(model, torch.optim.SGD(model.parameters(), lr=0.1), num_data=8, epochs=2, target_compression=value)

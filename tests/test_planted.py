@@ -50,3 +50,26 @@ def test_ard_recovers_planted_ranks(fmt, method):
     with torch.no_grad():
         rel_err = (layer(x_test) - y_test).norm() / y_test.norm()
     assert rel_err < 0.05
+
+
+# ---------------------------------------------------------------- the seeded sweep's CI subset
+SWEEP_SEEDS = range(2000, 2000 + len(bt.available_formats()))  # one fresh draw per format (formats cycle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("seed", SWEEP_SEEDS)
+def test_random_planted_case_fits_without_collapse(seed, method):
+    """A drawn case (benchmarks/planted_sweep.py runs 24 of them): the fit holds and no layer collapses.
+
+    The sweep's second target, no bond more than 1 above the planted rank, is checked by the script
+    and is not yet met on every case (README); the ranks are only required to stay within the start.
+    """
+    from bayestensor.data import draw_planted_case
+    from bayestensor.experiments.planted import FIT_TOLERANCE, fit_planted
+
+    case = draw_planted_case(seed)
+    result = fit_planted(case, method, epochs=200)
+    assert result["rel_error"] < FIT_TOLERANCE, result
+    assert not result["collapsed"], result
+    assert all(f <= m for f, m in zip(result["found"], case.max_rank, strict=True))

@@ -12,7 +12,7 @@ from .digits import load_digits_split
 from .errors import DataFormatError, DataNotFoundError
 from .idx import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist, load_idx_images, load_idx_labels, load_mnist, read_idx
 from .splits import DatasetSplits, LabeledImages
-from .synthetic import planted_regression, planted_teacher
+from .synthetic import PlantedCase, draw_planted_case, planted_regression, planted_teacher
 from .synthetic_clicks import SyntheticClicks
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "load_idx_labels",
     "load_mnist",
     "parse_lines",
+    "PlantedCase",
+    "draw_planted_case",
     "planted_regression",
     "planted_teacher",
     "read_idx",

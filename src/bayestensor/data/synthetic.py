@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..formats import get_format
+from ..formats import available_formats, get_format
 from ..functional import reconstruct_matrix
 
 
@@ -45,3 +47,35 @@ def planted_regression(teacher: Tensor, num_samples: int, noise: float = 0.01, s
     x = torch.randn(num_samples, teacher.shape[1], generator=gen, dtype=teacher.dtype)
     y = x @ teacher.T + noise * torch.randn(num_samples, teacher.shape[0], generator=gen, dtype=teacher.dtype)
     return x, y
+
+
+@dataclass(frozen=True)
+class PlantedCase:
+    """One randomly drawn planted-rank regression problem (see :func:`draw_planted_case`)."""
+
+    seed: int
+    format: str
+    out_shape: tuple[int, ...]
+    in_shape: tuple[int, ...]
+    planted: tuple[int, ...]
+    max_rank: tuple[int, ...]
+
+
+def draw_planted_case(seed: int, format: str | None = None) -> PlantedCase:
+    """A random shape, planted ranks and starting ranks for ``format`` (cycled over the registry if ``None``).
+
+    Mode sizes are drawn from 2–8, with 2 or 3 modes per side (Tucker: 2, i.e. 4 modes in all);
+    each planted rank from 1 to ``min(4, full rank)``, then clipped to what the format can hold;
+    each student rank 2–5 above the planted one (at most the full rank). Nothing is tuned to a case.
+    """
+    rng = random.Random(seed)
+    names = available_formats()
+    name = names[seed % len(names)] if format is None else format
+    fmt = get_format(name)
+    modes = 2 if name == "tucker" else rng.choice([2, 3])
+    out_shape = tuple(rng.randint(2, 8) for _ in range(modes))
+    in_shape = tuple(rng.randint(2, 8) for _ in range(modes))
+    full = fmt.full_ranks(out_shape, in_shape)
+    planted = fmt.resolve_ranks([rng.randint(1, min(4, f)) for f in full], out_shape, in_shape)
+    max_rank = [min(f, p + rng.randint(2, 5)) for p, f in zip(planted, full, strict=True)]
+    return PlantedCase(seed, name, out_shape, in_shape, tuple(planted), tuple(max_rank))

@@ -54,6 +54,8 @@ from .schedules import kl_weight
 
 #: A tensorized layer counts as collapsed when its weight RMS falls below this fraction of its initial RMS.
 COLLAPSE_RATIO = 1e-2
+#: With a ``target_compression``, the fraction of the run by which the pruning schedule reaches it.
+TARGET_REACHED_AT = 0.7
 #: Default length of the no-KL phase, as a fraction of ``epochs``.
 DEFAULT_NO_KL_FRACTION = 0.1
 #: Default length of the linear KL ramp after it, as a fraction of ``epochs``.
@@ -99,6 +101,14 @@ class ARD:
         Relative pruning threshold (:func:`~bayestensor.prune`).
     process_group
         ``torch.distributed`` group whose processes prune identically (DDP); ``None`` outside DDP.
+    target_compression
+        The trade-off stated up front: the tensorized layers' dense parameters over their stored
+        ones at the end of the run (``> 1``). Each pruning pass first removes what ARD switched off,
+        then, if the layers are still larger than the schedule allows, the weakest remaining
+        components (:func:`~bayestensor.prune`'s ``max_params``). The allowed size shrinks
+        geometrically from the start to the target over the pruning passes up to
+        :data:`TARGET_REACHED_AT` of the run, so the rest of the run trains the final ranks. ARD can
+        compress further than the target on its own; the target is a floor on compression.
     """
 
     def __init__(
@@ -116,6 +126,7 @@ class ARD:
         prune_start: int | None = None,
         prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
         process_group: Any = None,
+        target_compression: float | None = None,
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
@@ -146,6 +157,11 @@ class ARD:
             raise ValueError(f"prune_start must be an int >= 0 or None, got {prune_start!r}")
         self.prune_start = math.ceil(self.no_kl_epochs) if prune_start is None else prune_start
         self.prune_threshold = float(prune_threshold)
+        if target_compression is not None and not (
+            isinstance(target_compression, int | float) and math.isfinite(target_compression) and target_compression > 1
+        ):
+            raise ValueError(f"target_compression must be a finite number > 1, got {target_compression!r}")
+        self.target_compression = None if target_compression is None else float(target_compression)
         self.process_group = process_group
         self.epoch = 0
         self.step_in_epoch = 0
@@ -159,6 +175,7 @@ class ARD:
                 stacklevel=2,
             )
         self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
+        self.initial_compression = self.compression()
         self._hook = optimizer.register_step_post_hook(self._after_step)
 
     # ------------------------------------------------------------------ per step
@@ -189,6 +206,26 @@ class ARD:
                 t.update_rank_variances_()
 
     # ------------------------------------------------------------------ per epoch
+    def compression(self) -> float:
+        """Dense parameters of the tensorized layers over the parameters they store (weights and biases)."""
+        layers = tensorized_layers(self.model)
+        stored = sum(m.get_num_params() for _, m in layers)
+        return sum(m.dense_params() for _, m in layers) / stored if stored else 1.0
+
+    def _budget(self, epoch: int) -> int | None:
+        """Factor parameters the Bayesian layers may hold after pruning at ``epoch`` (``None``: no target)."""
+        if self.target_compression is None:
+            return None
+        end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * self.epochs) - 1)
+        frac = 1.0 if epoch >= end else (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
+        start = max(self.initial_compression, 1.0)
+        target = start * (max(self.target_compression, start) / start) ** min(max(frac, 0.0), 1.0)
+        layers = tensorized_layers(self.model)
+        dense = sum(m.dense_params() for _, m in layers)
+        fixed = sum(m.get_num_params() - m.weight.n_params() for _, m in layers)  # biases
+        fixed += sum(m.weight.n_params() for n, m in layers if m.weight.method is None or n in self.collapsed)
+        return max(int(dense / target) - fixed, 0)
+
     def _check_collapse(self) -> list[str]:
         new = []
         for name, layer in tensorized_layers(self.model):
@@ -222,6 +259,7 @@ class ARD:
             self.optimizer,
             process_group=self.process_group,
             skip=self.collapsed,
+            max_params=self._budget(epoch),
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)

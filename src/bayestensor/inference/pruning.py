@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tensors import DEFAULT_PRUNE_THRESHOLD, TensorizedModule
+from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, TensorizedModule
 
 
 def tensorized_layers(model: nn.Module) -> list[tuple[str, TensorizedModule]]:
@@ -53,6 +53,39 @@ class PruneReport:
         return self.before != self.after
 
 
+def _keep_within_budget(
+    found: list[tuple[str, FactorizedTensor]], keep: dict[str, list[list[int]]], max_params: int
+) -> dict[str, list[list[int]]]:
+    """Greedily drop the weakest kept component until the factors fit ``max_params``.
+
+    A component's weakness is its relative contribution ``c_r / max_r c_r`` within its bond, a
+    scale-free number comparable across layers and formats; the one removed next is the weakest
+    of all bonds that still hold more than one index. Parameter counts follow from the formats'
+    ``n_params`` at the reduced ranks.
+    """
+    if not max_params >= 0:
+        raise ValueError(f"max_params must be >= 0, got {max_params!r}")
+    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in found}
+    keep = {n: [list(k) for k in ks] for n, ks in keep.items()}
+
+    def size(n: str, t: FactorizedTensor) -> int:
+        return t.fmt.n_params(t.out_shape, t.in_shape, [len(k) for k in keep[n]])
+
+    total = sum(size(n, t) for n, t in found)
+    while total > max_params:
+        candidates = [
+            (rel[n][b][r], n, b, r) for n, _ in found for b, ks in enumerate(keep[n]) if len(ks) > 1 for r in ks
+        ]
+        if not candidates:
+            break
+        _, n, b, r = min(candidates)
+        t = dict(found)[n]
+        before = size(n, t)
+        keep[n][b].remove(r)
+        total += size(n, t) - before
+    return keep
+
+
 def _group_rank(process_group) -> int:
     return torch.distributed.get_rank(process_group)
 
@@ -88,6 +121,7 @@ def prune(
     *,
     process_group: Any = None,
     skip: Sequence[str] = (),
+    max_params: int | None = None,
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
@@ -114,6 +148,11 @@ def prune(
         already differ. ``None``: prune this process's model on its own.
     skip
         Names of layers to leave alone (for example collapsed ones, see :class:`ARD`).
+    max_params
+        A budget for the factors of the pruned layers: after the threshold, keep removing the
+        weakest component (lowest ``c_r / max c`` of its bond, over all layers; each bond keeps
+        rank 1) until they hold at most this many parameters, or nothing is left to remove
+        (see :func:`_keep_within_budget`).
 
     Layers with ``method=None`` are left alone.
     """
@@ -127,6 +166,8 @@ def prune(
     for _, t in found:
         t.regauge_(optimizer)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
+    if max_params is not None:
+        keep = _keep_within_budget(found, keep, max_params)
     if distributed:
         keep = _broadcast(keep, process_group)
     for name, t in found:
