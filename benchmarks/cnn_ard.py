@@ -92,7 +92,7 @@ def accuracy(model, x, y) -> float:
     return hits / len(x)
 
 
-def run(name: str, variant: str, data, args) -> dict:
+def run(name: str, variant: str, data, args, target: float | None = None) -> dict:
     xtr, ytr, xte, yte = data
     torch.manual_seed(args.seed)
     net = MODELS[name]()
@@ -108,11 +108,10 @@ def run(name: str, variant: str, data, args) -> dict:
     groups = [{"params": others}] + ([{"params": factors, "lr": args.factor_lr}] if factors else [])
     opt = torch.optim.Adam(groups, lr=1e-3)
     bayes = variant in ("map", "svi")
-    ard = (
-        bt.ARD(net, opt, num_data=len(xtr), epochs=args.epochs, kl_weight=args.kl_weight, target_compression=args.target)
-        if bayes
-        else None
-    )
+    ard = None
+    if bayes:
+        kw = {"kl_weight": args.kl_weight, "target_compression": target}
+        ard = bt.ARD(net, opt, num_data=len(xtr), epochs=args.epochs, **kw)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
         net.train()
@@ -154,6 +153,8 @@ def main() -> None:
     p.add_argument("--factor-lr", type=float, default=1e-3)
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
+    p.add_argument("--curve", default="", help="comma-separated targets: MAP runs at each, plotted to --plot")
+    p.add_argument("--plot", default="compression_accuracy.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default="")
     p.add_argument("--threads", type=int, default=0)
@@ -166,14 +167,45 @@ def main() -> None:
     data = load(args)
     print("| model | variant | test accuracy | params | tensorized-layer compression | collapsed | train s |")
     print("|---|---|---|---|---|---|---|")
+    curve = [float(t) for t in args.curve.split(",") if t]
     for name in args.models.split(","):
-        for variant in args.variants.split(","):
-            r = run(name, variant, data, args)
+        rows = [(v, args.target) for v in args.variants.split(",")] + [("map", t) for t in curve]
+        results = []
+        for variant, target in rows:
+            r = run(name, variant, data, args, target)
+            results.append(r)
+            label = r["variant"] + (f" target {target:g}x" if target else "")
             print(
-                f"| {r['model']} | {r['variant']} | {r['accuracy']:.4f} | {r['params']:,} | "
+                f"| {r['model']} | {label} | {r['accuracy']:.4f} | {r['params']:,} | "
                 f"{r['tensorized_compression']:.1f}x | {', '.join(r['collapsed']) or 'none'} | {r['seconds']:.0f} |",
                 flush=True,
             )
+        if curve:
+            plot(name, results, len(curve), args)
+
+
+def plot(name: str, results: list[dict], n_curve: int, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    pts = results[-n_curve:]
+    ax.plot([r["tensorized_compression"] for r in pts], [r["accuracy"] for r in pts], "o-", label="MAP + target")
+    for r in results[:-n_curve]:
+        if r["variant"] == "dense":
+            ax.axhline(r["accuracy"], color="k", ls="--", lw=1, label="dense")
+        else:
+            ax.plot(r["tensorized_compression"], r["accuracy"], "s", label=r["variant"])
+    ax.set_xscale("log")
+    ax.set_xlabel("compression of the tensorized layers")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{name}, Fashion-MNIST ({args.epochs} epochs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -217,7 +217,10 @@ class ARD:
         if self.target_compression is None:
             return None
         end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * self.epochs) - 1)
-        frac = 1.0 if epoch >= end else (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
+        if epoch >= end or epoch + 1 >= self.epochs:
+            frac = 1.0
+        else:
+            frac = (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
         start = max(self.initial_compression, 1.0)
         target = start * (max(self.target_compression, start) / start) ** min(max(frac, 0.0), 1.0)
         layers = tensorized_layers(self.model)
