@@ -21,3 +21,20 @@ def test_example_runs(name):
     )
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout
+
+
+def test_cnn_benchmark_smoke(tmp_path):
+    """benchmarks/cnn_ard.py (the README's CNN table and curve) runs end to end on random images."""
+    script = EXAMPLES.parent / "benchmarks" / "cnn_ard.py"
+    plot = tmp_path / "curve.png"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--variants", "dense,fixed,map,svi", "--curve", "20",
+         "--models", "lenet5,vgg,resnet20", "--plot", str(plot)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| lenet5") or line.startswith("| vgg")]
+    assert len(rows) == 10 and plot.exists()
+    target_row = next(r for r in rows if "target 20x" in r)
+    compression = float(target_row.split("|")[5].strip().rstrip("x"))
+    assert 15.0 <= compression <= 25.0
