@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,19 +68,23 @@ def make_ard(
 ) -> ARD:
     """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, its warm-up and pruning schedule."""
     t = cfg.train
-    return ARD(
-        model,
-        optimizer,
-        num_data=num_train,
-        epochs=t.epochs,
-        kl_weight=t.kl_weight,
-        no_kl_epochs=t.no_kl_epochs,
-        warmup_epochs=t.warmup_epochs,
-        prune_every=t.prune_every,
-        prune_start=t.prune_start,
-        prune_threshold=t.prune_threshold,
-        process_group=process_group(ctx),
-    )
+    bayes = bool(bayesian_tensors(model))
+    with warnings.catch_warnings():
+        if not bayes:  # a dense twin: nothing to determine, no schedule to check, nothing to warn about
+            warnings.simplefilter("ignore")
+        return ARD(
+            model,
+            optimizer,
+            num_data=num_train,
+            epochs=t.epochs,
+            kl_weight=t.kl_weight,
+            no_kl_epochs=t.no_kl_epochs if bayes else 0,
+            warmup_epochs=t.warmup_epochs if bayes else 0,
+            prune_every=t.prune_every,
+            prune_start=t.prune_start,
+            prune_threshold=t.prune_threshold,
+            process_group=process_group(ctx),
+        )
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:

@@ -29,12 +29,13 @@ def prior_loss(model: nn.Module) -> Tensor:
     with ``β = 1`` (or a KL warm-up, :func:`kl_weight`); :class:`~bayestensor.inference.ARD` does
     this scaling, the warm-up and the pruning schedule for you.
 
-    The value is a function of the parameters: evaluating it twice at the same parameters gives
-    the same number and changes nothing. It uses ``λ`` at its closed-form M-step value for the
-    current factors (layers in training mode, ``rank_update="em"``): the M-step runs once per
-    change of the factors, i.e. once per optimizer step, however often the loss is evaluated
-    (gradient accumulation, logging, several forward passes). :class:`~bayestensor.inference.ARD`
-    runs it right after each optimizer step instead, so there this call writes nothing.
+    The value is a function of the parameters. It uses ``λ`` at its closed-form M-step value for
+    the current factors (layers in training mode, ``rank_update="em"``): in a plain loop the first
+    evaluation after the factors changed runs that M-step, and evaluating it again at the same
+    parameters gives the same number and changes nothing, so the M-step happens once per
+    optimizer step however often the loss is evaluated (gradient accumulation, logging, several
+    forward passes). :class:`~bayestensor.inference.ARD` runs the M-step right after each
+    optimizer step instead, so under it this call writes nothing at all.
 
     A model without Bayesian tensorized layers gives 0 (with a one-time warning).
     """
