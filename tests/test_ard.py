@@ -39,6 +39,7 @@ def test_loss_changes_no_state_and_repeats_exactly():
     x, y = data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ard = bt.ARD(model, opt, num_data=len(x), epochs=4, no_kl_epochs=0, warmup_epochs=0)
+    assert all(t.rank_variances_are_current() for _, t in ard.tensors)  # a new tensor's λ fits its factors
     before = {k: v.clone() for k, v in model.state_dict().items()}
     first = ard.loss(F.mse_loss(model(x), y))
     second = ard.loss(F.mse_loss(model(x), y))

@@ -52,6 +52,7 @@ def load_factors_(weight: FactorizedTensor, matrix: Tensor, *, n_iter: int = 200
                 getattr(weight, f"rank_variance_{b}").copy_(lam)
             else:
                 getattr(weight, f"log_rank_variance_{b}").copy_(lam.log())
+        weight._lambda_versions = weight._versions()
     return error
 
 

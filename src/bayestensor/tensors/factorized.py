@@ -161,6 +161,7 @@ class FactorizedTensor(nn.Module):
                     self.register_buffer(f"rank_variance_{b}", lam.clone())
                 else:
                     self.register_parameter(f"log_rank_variance_{b}", nn.Parameter(lam.log()))
+            self._lambda_versions = self._versions()  # λ is the M-step value of these factors
 
     @torch.no_grad()
     def _rescale_to_std_(self, target_std: float) -> None:
