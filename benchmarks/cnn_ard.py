@@ -1,7 +1,7 @@
 """CNNs a user writes, tensorized from scratch with bt.tensorize and trained through bt.ARD on real Fashion-MNIST.
 
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
-                             [--train-limit 0] [--kl-weight 1.0] [--smoke]
+                             [--train-limit 0] [--kl-weight 1.0] [--tolerance T] [--smoke]
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
@@ -110,7 +110,7 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
     bayes = variant in ("map", "svi")
     ard = None
     if bayes:
-        kw = {"kl_weight": args.kl_weight, "target_compression": target}
+        kw = {"kl_weight": args.kl_weight, "target_compression": target, "tolerance": args.tolerance}
         ard = bt.ARD(net, opt, num_data=len(xtr), epochs=args.epochs, **kw)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
@@ -153,6 +153,7 @@ def main() -> None:
     p.add_argument("--factor-lr", type=float, default=1e-3)
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
+    p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")
     p.add_argument("--curve", default="", help="comma-separated targets: MAP runs at each, plotted to --plot")
     p.add_argument("--plot", default="compression_accuracy.png")
     p.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,7 @@
 import math
 import os
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -106,6 +107,9 @@ def test_warm_up_schedule_follows_the_run():
         ({"prune_threshold": 0.0}, "prune_threshold must be"),
         ({"prune_every": 0}, "prune_every must be"),
         ({"prune_start": -1}, "prune_start must be"),
+        ({"tolerance": -0.01}, "tolerance must be a finite number > 0"),
+        ({"tolerance": 0.0}, "tolerance must be a finite number > 0"),
+        ({"tolerance": float("nan")}, "tolerance must be a finite number > 0"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -289,3 +293,67 @@ def test_target_compression_must_exceed_one(value):
     model = small_model()
     with pytest.raises(ValueError, match="target_compression must be a finite number > 1"):
         bt.ARD(model, torch.optim.SGD(model.parameters(), lr=0.1), num_data=8, epochs=2, target_compression=value)
+
+
+def test_tolerance_controller_follows_its_formula_and_reads_only_back_propagated_losses():
+    """m falls while the smoothed loss is above (1 + τ) · best, rises back, and ignores losses not back-propagated."""
+    model = small_model()
+    x, _ = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    tau, steps = 0.1, 20
+    ard = bt.ARD(model, opt, num_data=64, epochs=10, no_kl_epochs=0, warmup_epochs=0, steps_per_epoch=steps,
+                 tolerance=tau)  # fmt: skip
+    values = [1.0] * 30 + [1.5] * 40 + [1.0] * 60
+    decay, rate = bt.inference.ard.LOSS_DECAY, bt.inference.ard.BETA_RATE / (10 * steps)
+    avg, best, m, expected = 0.0, math.inf, 1.0, []
+    for k, v in enumerate(values, start=1):  # the controller written out independently
+        avg = decay * avg + (1 - decay) * v
+        smoothed = avg / (1 - decay**k)
+        best = min(best, smoothed)
+        g = (smoothed - (1 + tau) * best) / (tau * best)
+        m = min(1.0, max(bt.inference.ard.MIN_BETA_SCALE, m * math.exp(-rate * min(max(g, -1.0), 10.0))))
+        expected.append(m)
+    seen = []
+    for v in values:
+        task = model(x).sum() * 0 + v
+        ard.loss(model(x).sum() * 0 + 99.0)  # evaluated for logging, never back-propagated: ignored
+        opt.zero_grad()
+        ard.loss(task).backward()
+        opt.step()
+        seen.append(ard.beta_scale)
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert min(seen) < 0.5 and seen[29] == 1.0 and seen[-1] > min(seen)  # backs off under the rise, then recovers
+    assert ard.beta == pytest.approx(seen[-1])  # β = β_sched · m with β_sched = 1 here
+    state = ard.state_dict()
+    again = bt.ARD(model, opt, num_data=64, epochs=10, tolerance=tau)
+    again.load_state_dict(state)
+    assert (again.beta_scale, again.best_loss, again.loss_steps) == (ard.beta_scale, ard.best_loss, ard.loss_steps)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
+    """A prior 256x too strong (num_data=1 with a mean loss) collapses every format; with tolerance none collapses."""
+
+    def fit(tolerance):
+        torch.manual_seed(0)
+        layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+        teacher = planted_teacher(fmt, (4, 4), (4, 4), [2] * layer.weight.num_bonds, dtype=torch.float32)
+        x, y = planted_regression(teacher, 256)
+        opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
+        ard = bt.ARD(layer, opt, num_data=1, epochs=20, tolerance=tolerance)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bt.CollapseWarning)
+            for _ in range(20):
+                for idx in torch.randperm(len(x)).split(8):
+                    loss = ard.loss(F.mse_loss(layer(x[idx]), y[idx]))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                ard.end_epoch()
+        with torch.no_grad():
+            return float((layer(x) - y).norm() / y.norm()), ard.collapsed
+
+    rel, collapsed = fit(None)
+    assert collapsed == [""] and rel > 0.95
+    rel, collapsed = fit(0.05)
+    assert collapsed == [] and rel < 0.6

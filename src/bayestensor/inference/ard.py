@@ -33,6 +33,33 @@ What it does:
 * **Pruning schedule.** :meth:`end_epoch` prunes physically (:func:`~bayestensor.prune`, with
   the optimizer, so its state follows) every ``prune_every`` epochs once the prior is on, and
   at the end of the last epoch; under DDP pass ``process_group``.
+* **Loss tolerance** (``tolerance=τ``, off by default). The joint MAP objective over ``(W, λ)``
+  is unbounded below at ``W = 0``: with ``λ`` at its M-step the prior's pull on a rank slice of
+  ``D`` entries and size ``s`` is ``β D / (N s)``, which grows as the slice shrinks, so at
+  ``β = 1`` a component whose least-squares size ``s*`` has ``s*² N c / D < 4`` (``c`` its
+  curvature in the mean loss) is drawn to zero whatever its share of the fit. With a tolerance
+  the prior becomes a constraint instead: ARD minimises the prior subject to
+
+  .. math::
+
+      \bar\ell_t \le (1 + τ)\,\bar\ell^{\,*}_t,
+
+  where :math:`\bar\ell_t` is the smoothed training task loss (an exponential average with
+  decay :data:`LOSS_DECAY`, bias-corrected) and :math:`\bar\ell^{\,*}_t` the lowest value it
+  has reached. The KL weight is the constraint's multiplier, ``β(t) = β_sched(t) · m_t`` with
+  ``m ∈ [MIN_BETA_SCALE, 1]`` and
+
+  .. math::
+
+      m_{t+1} = m_t \exp\!\big(-\tfrac{η}{10}\, \mathrm{clip}(g_t, -1, 10)\big), \qquad
+      g_t = \frac{\bar\ell_t - (1 + τ)\,\bar\ell^{\,*}_t}{τ\,\bar\ell^{\,*}_t},
+
+  ``η`` = :data:`BETA_RATE` over the steps of one epoch, so ``m`` can fall by ``e^{-η}`` per
+  epoch and rise by ``e^{η/10}``: a multiplicative dual ascent, as in GECO (Rezende & Viola
+  2018), that backs off faster than it recovers. A component survives when removing it would
+  cost more than ``τ`` of the loss, and a layer cannot quietly collapse: its loss rises first.
+  The task loss is read by a gradient hook on the tensor passed to :meth:`loss`, so only losses
+  that are back-propagated count and evaluating :meth:`loss` still changes no state.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
   nothing irreversible happens to it; :attr:`collapsed` lists those layers.
@@ -60,6 +87,14 @@ TARGET_REACHED_AT = 0.7
 DEFAULT_NO_KL_FRACTION = 0.1
 #: Default length of the linear KL ramp after it, as a fraction of ``epochs``.
 DEFAULT_WARMUP_FRACTION = 0.2
+#: Decay per optimizer step of the smoothed task loss that ``tolerance`` constrains (about 50 steps).
+LOSS_DECAY = 0.98
+#: Largest fall of ``log m`` per epoch under ``tolerance`` (``m`` scales the KL weight); it rises 10x slower.
+BETA_RATE = 5.0
+#: Steps per epoch assumed for that rate before the first epoch has been counted (no ``steps_per_epoch``).
+ASSUMED_STEPS_PER_EPOCH = 500
+#: Smallest multiplier ``m`` of the KL weight under ``tolerance``.
+MIN_BETA_SCALE = 1e-6
 
 
 class CollapseWarning(UserWarning):
@@ -109,6 +144,11 @@ class ARD:
         geometrically from the start to the target over the pruning passes up to
         :data:`TARGET_REACHED_AT` of the run, so the rest of the run trains the final ranks. ARD can
         compress further than the target on its own; the target is a floor on compression.
+    tolerance
+        The other way to state the trade-off: the relative rise of the smoothed training task loss
+        over its best value that the prior may cause (``0.01`` = 1 %); ``β`` is scaled down while
+        the rise is larger and back up to the schedule while it is smaller (see the module
+        docstring). ``None`` (default): ``β`` follows the schedule alone. Must be ``> 0``.
     """
 
     def __init__(
@@ -127,6 +167,7 @@ class ARD:
         prune_threshold: float = DEFAULT_PRUNE_THRESHOLD,
         process_group: Any = None,
         target_compression: float | None = None,
+        tolerance: float | None = None,
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
@@ -162,6 +203,19 @@ class ARD:
         ):
             raise ValueError(f"target_compression must be a finite number > 1, got {target_compression!r}")
         self.target_compression = None if target_compression is None else float(target_compression)
+        if tolerance is not None and not (
+            isinstance(tolerance, int | float) and not isinstance(tolerance, bool) and 0 < tolerance < math.inf
+        ):
+            raise ValueError(
+                f"tolerance must be a finite number > 0 (a relative loss rise, 0.01 = 1 %), got {tolerance!r}"
+            )
+        self.tolerance = None if tolerance is None else float(tolerance)
+        self.beta_scale = 1.0  # m, the multiplier of the scheduled KL weight (tolerance)
+        self.loss_average = 0.0  # biased exponential average of the back-propagated task losses
+        self.loss_steps = 0  # optimizer steps that saw a back-propagated task loss
+        self.best_loss = math.inf  # lowest bias-corrected average reached
+        self._pending: list[float] = []  # task losses back-propagated since the last optimizer step
+        self._counted_steps = 0  # optimizer steps of the first epoch, once it has ended
         self.process_group = process_group
         self.epoch = 0
         self.step_in_epoch = 0
@@ -180,15 +234,21 @@ class ARD:
 
     # ------------------------------------------------------------------ per step
     @property
-    def beta(self) -> float:
-        """The KL weight ``β(t)`` of the current step."""
+    def scheduled_beta(self) -> float:
+        """The warm-up schedule's KL weight ``β_sched(t)`` of the current step."""
         t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
-        return kl_weight(
-            t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight
-        )
+        return kl_weight(t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight)
+
+    @property
+    def beta(self) -> float:
+        """The KL weight ``β(t) = β_sched(t) · m`` of the current step (``m = 1`` without ``tolerance``)."""
+        return self.scheduled_beta * self.beta_scale
 
     def objective(self, task_loss: Tensor) -> tuple[Tensor, Tensor]:
         """``(task_loss + β(t) · R / N, R)`` with ``R = prior_loss(model)``, for logging both; changes no state."""
+        if self.tolerance is not None and task_loss.requires_grad:
+            value = task_loss.detach()
+            task_loss.register_hook(lambda grad, value=value: self._seen(value, grad))
         if not self.tensors:
             return task_loss, task_loss.new_zeros(())
         reg = prior_loss(self.model)
@@ -198,8 +258,33 @@ class ARD:
         """``task_loss + β(t) · prior_loss(model) / N`` for a batch-mean ``task_loss``; changes no state."""
         return self.objective(task_loss)[0]
 
+    def _seen(self, value: Tensor, grad: Tensor) -> Tensor:
+        """Gradient hook on a task loss: remember its value for the next optimizer step."""
+        self._pending.append(float(value))
+        return grad
+
+    def _constrain(self) -> None:
+        """One step of the ``tolerance`` controller from the losses back-propagated since the last step."""
+        if not self._pending:
+            return
+        value = sum(self._pending) / len(self._pending)
+        self._pending = []
+        self.loss_steps += 1
+        self.loss_average = LOSS_DECAY * self.loss_average + (1 - LOSS_DECAY) * value
+        smoothed = self.loss_average / (1 - LOSS_DECAY**self.loss_steps)
+        self.best_loss = min(self.best_loss, smoothed)
+        if self.scheduled_beta == 0 or not self.best_loss > 0:
+            return
+        excess = (smoothed - (1 + self.tolerance) * self.best_loss) / (self.tolerance * self.best_loss)
+        per_epoch = self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
+        rate = BETA_RATE / (10 * per_epoch)
+        scale = self.beta_scale * math.exp(-rate * min(max(excess, -1.0), 10.0))
+        self.beta_scale = min(1.0, max(MIN_BETA_SCALE, scale))
+
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.tolerance is not None:
+            self._constrain()
         self.step_in_epoch += 1
         for _, t in self.tensors:
             if t.training:
@@ -248,6 +333,8 @@ class ARD:
 
     def end_epoch(self) -> PruneReport | None:
         """Close an epoch: collapse check, then prune on schedule; returns the prune report or ``None``."""
+        if not self._counted_steps:
+            self._counted_steps = self.step_in_epoch
         epoch, self.epoch, self.step_in_epoch = self.epoch, self.epoch + 1, 0
         if not self.tensors:
             return None
@@ -270,12 +357,20 @@ class ARD:
 
     # ------------------------------------------------------------------ lifecycle
     def state_dict(self) -> dict[str, Any]:
-        """Progress counters and collapse record, for checkpoints (the model and optimizer save their own)."""
+        """Progress counters, collapse record and ``tolerance`` controller, for checkpoints.
+
+        The model and optimizer save their own state.
+        """
         return {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "collapsed": list(self.collapsed),
             "initial_rms": dict(self.initial_rms),
+            "beta_scale": self.beta_scale,
+            "loss_average": self.loss_average,
+            "loss_steps": self.loss_steps,
+            "best_loss": self.best_loss,
+            "counted_steps": self._counted_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -285,6 +380,12 @@ class ARD:
             raise ValueError(f"ARD state is missing {sorted(missing)}; expected the dict of ARD.state_dict()")
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.collapsed, self.initial_rms = list(state["collapsed"]), dict(state["initial_rms"])
+        # absent from checkpoints written before ``tolerance`` existed: a controller at rest
+        self.beta_scale = float(state.get("beta_scale", 1.0))
+        self.loss_average = float(state.get("loss_average", 0.0))
+        self.loss_steps = int(state.get("loss_steps", 0))
+        self.best_loss = float(state.get("best_loss", math.inf))
+        self._counted_steps = int(state.get("counted_steps", 0))
 
     def close(self) -> None:
         """Remove the optimizer hook."""
