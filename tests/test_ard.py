@@ -30,6 +30,17 @@ def data(n=64):
     return torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
 
 
+def train(ard, opt, model, x, y, loss_fn, *, epochs, batch_size):
+    """The documented loop: ``ard.loss`` per batch, one optimizer step, ``ard.end_epoch()`` per epoch."""
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(batch_size):
+            loss = ard.loss(loss_fn(model(x[idx]), y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ard.end_epoch()
+
+
 def m_step_targets(t):
     energies, counts = t.rank_statistics()
     return [t.prior.map_update(e.detach(), c) for e, c in zip(energies, counts, strict=True)]
@@ -278,13 +289,7 @@ def test_target_compression_is_met_within_a_quarter(target):
     ard = bt.ARD(model, opt, num_data=len(x), epochs=10, kl_weight=0.2, target_compression=target)
     start = ard.compression()
     assert start < target
-    for _ in range(10):
-        for idx in torch.randperm(len(x)).split(64):
-            loss = ard.loss(F.cross_entropy(model(x[idx]), y[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        ard.end_epoch()
+    train(ard, opt, model, x, y, F.cross_entropy, epochs=10, batch_size=64)
     assert 0.75 * target <= ard.compression() <= 1.25 * target, ard.compression()
 
 
@@ -327,7 +332,7 @@ def test_tolerance_controller_follows_its_formula_and_reads_only_back_propagated
     state = ard.state_dict()
     again = bt.ARD(model, opt, num_data=64, epochs=10, tolerance=tau)
     again.load_state_dict(state)
-    assert (again.beta_scale, again.best_loss, again.loss_steps) == (ard.beta_scale, ard.best_loss, ard.loss_steps)
+    assert again.constraint == ard.constraint
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -343,13 +348,7 @@ def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
         ard = bt.ARD(layer, opt, num_data=1, epochs=20, tolerance=tolerance)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bt.CollapseWarning)
-            for _ in range(20):
-                for idx in torch.randperm(len(x)).split(8):
-                    loss = ard.loss(F.mse_loss(layer(x[idx]), y[idx]))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                ard.end_epoch()
+            train(ard, opt, layer, x, y, F.mse_loss, epochs=20, batch_size=8)
         with torch.no_grad():
             return float((layer(x) - y).norm() / y.norm()), ard.collapsed
 

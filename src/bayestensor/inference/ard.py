@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -95,6 +96,29 @@ BETA_RATE = 5.0
 ASSUMED_STEPS_PER_EPOCH = 500
 #: Smallest multiplier ``m`` of the KL weight under ``tolerance``.
 MIN_BETA_SCALE = 1e-6
+
+
+@dataclass
+class _LossConstraint:
+    """State of the ``tolerance`` controller: ``m``, the smoothed loss and its best value (module docstring)."""
+
+    beta_scale: float = 1.0  # m, the multiplier of the scheduled KL weight
+    loss_average: float = 0.0  # biased exponential average of the back-propagated task losses
+    loss_steps: int = 0  # optimizer steps that saw a back-propagated task loss
+    best_loss: float = math.inf  # lowest bias-corrected average reached
+
+    def update(self, value: float, *, tolerance: float, scheduled_beta: float, steps_per_epoch: int) -> None:
+        """One optimizer step with mean back-propagated task loss ``value``."""
+        self.loss_steps += 1
+        self.loss_average = LOSS_DECAY * self.loss_average + (1 - LOSS_DECAY) * value
+        smoothed = self.loss_average / (1 - LOSS_DECAY**self.loss_steps)
+        self.best_loss = min(self.best_loss, smoothed)
+        if scheduled_beta == 0 or not self.best_loss > 0:
+            return
+        excess = (smoothed - (1 + tolerance) * self.best_loss) / (tolerance * self.best_loss)
+        rate = BETA_RATE / (10 * steps_per_epoch)
+        scale = self.beta_scale * math.exp(-rate * min(max(excess, -1.0), 10.0))
+        self.beta_scale = min(1.0, max(MIN_BETA_SCALE, scale))
 
 
 class CollapseWarning(UserWarning):
@@ -210,10 +234,7 @@ class ARD:
                 f"tolerance must be a finite number > 0 (a relative loss rise, 0.01 = 1 %), got {tolerance!r}"
             )
         self.tolerance = None if tolerance is None else float(tolerance)
-        self.beta_scale = 1.0  # m, the multiplier of the scheduled KL weight (tolerance)
-        self.loss_average = 0.0  # biased exponential average of the back-propagated task losses
-        self.loss_steps = 0  # optimizer steps that saw a back-propagated task loss
-        self.best_loss = math.inf  # lowest bias-corrected average reached
+        self.constraint = _LossConstraint()
         self._pending: list[float] = []  # task losses back-propagated since the last optimizer step
         self._counted_steps = 0  # optimizer steps of the first epoch, once it has ended
         self.process_group = process_group
@@ -238,6 +259,11 @@ class ARD:
         """The warm-up schedule's KL weight ``β_sched(t)`` of the current step."""
         t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
         return kl_weight(t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight)
+
+    @property
+    def beta_scale(self) -> float:
+        """``m``, the ``tolerance`` controller's multiplier of the scheduled KL weight (1 without ``tolerance``)."""
+        return self.constraint.beta_scale
 
     @property
     def beta(self) -> float:
@@ -269,17 +295,10 @@ class ARD:
             return
         value = sum(self._pending) / len(self._pending)
         self._pending = []
-        self.loss_steps += 1
-        self.loss_average = LOSS_DECAY * self.loss_average + (1 - LOSS_DECAY) * value
-        smoothed = self.loss_average / (1 - LOSS_DECAY**self.loss_steps)
-        self.best_loss = min(self.best_loss, smoothed)
-        if self.scheduled_beta == 0 or not self.best_loss > 0:
-            return
-        excess = (smoothed - (1 + self.tolerance) * self.best_loss) / (self.tolerance * self.best_loss)
         per_epoch = self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
-        rate = BETA_RATE / (10 * per_epoch)
-        scale = self.beta_scale * math.exp(-rate * min(max(excess, -1.0), 10.0))
-        self.beta_scale = min(1.0, max(MIN_BETA_SCALE, scale))
+        self.constraint.update(
+            value, tolerance=self.tolerance, scheduled_beta=self.scheduled_beta, steps_per_epoch=per_epoch
+        )
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -366,11 +385,8 @@ class ARD:
             "step_in_epoch": self.step_in_epoch,
             "collapsed": list(self.collapsed),
             "initial_rms": dict(self.initial_rms),
-            "beta_scale": self.beta_scale,
-            "loss_average": self.loss_average,
-            "loss_steps": self.loss_steps,
-            "best_loss": self.best_loss,
             "counted_steps": self._counted_steps,
+            **asdict(self.constraint),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -381,10 +397,7 @@ class ARD:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.collapsed, self.initial_rms = list(state["collapsed"]), dict(state["initial_rms"])
         # absent from checkpoints written before ``tolerance`` existed: a controller at rest
-        self.beta_scale = float(state.get("beta_scale", 1.0))
-        self.loss_average = float(state.get("loss_average", 0.0))
-        self.loss_steps = int(state.get("loss_steps", 0))
-        self.best_loss = float(state.get("best_loss", math.inf))
+        self.constraint = _LossConstraint(**{f.name: state[f.name] for f in fields(_LossConstraint) if f.name in state})
         self._counted_steps = int(state.get("counted_steps", 0))
 
     def close(self) -> None:
