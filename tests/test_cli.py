@@ -116,3 +116,27 @@ def test_training_output_is_quiet_off_a_terminal(tmp_path, capsys):
         with console.progress(3, "epoch 1") as advance:
             advance()
     assert "1.5000" in cap.get() and "0.5000" in cap.get()
+
+
+def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsys):
+    """A bad tolerance or a warm-up longer than the run is named, and the run already in the folder is kept."""
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    saved = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.tolerance=-0.1"])
+    assert "train.tolerance: expected 0 (off) or a relative loss rise > 0, got -0.1" in err
+    err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--epochs", "1"])  # the default warm-up is 12
+    assert "longer than the run" in err
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == saved
+
+
+def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):
+    from bayestensor.experiments import trainer
+
+    made = []
+    original = trainer.make_ard
+    monkeypatch.setattr(trainer, "make_ard", lambda *a: made.append(original(*a)) or made[-1])
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.tolerance=0.05"]) == 0
+    assert made[0].tolerance == 0.05 and made[0].constraint.loss_steps > 0  # the controller saw the losses
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path / "off")]) == 0
+    assert made[1].tolerance is None and made[1].constraint.loss_steps == 0

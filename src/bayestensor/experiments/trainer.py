@@ -22,7 +22,7 @@ from ..tensors import count_params, dense_params
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
-from .config import RunConfig, dump_toml
+from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
 from .optim import make_optimizer
 from .progress import Console
@@ -66,8 +66,10 @@ def make_task(exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.d
 def make_ard(
     model: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, num_train: int, ctx: DistContext
 ) -> ARD:
-    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, its warm-up and pruning schedule."""
+    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, its warm-up, pruning schedule and tolerance."""
     t = cfg.train
+    if not t.tolerance >= 0:
+        raise ConfigError(f"train.tolerance: expected 0 (off) or a relative loss rise > 0, got {t.tolerance!r}")
     bayes = bool(bayesian_tensors(model))
     with warnings.catch_warnings():
         if not bayes:  # a dense twin: nothing to determine, no schedule to check, nothing to warn about
@@ -84,6 +86,7 @@ def make_ard(
             prune_start=t.prune_start,
             prune_threshold=t.prune_threshold,
             process_group=process_group(ctx),
+            tolerance=t.tolerance if bayes and t.tolerance > 0 else None,
         )
 
 
@@ -151,13 +154,13 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         start, history, elapsed = state["epoch"] + 1, state["history"], state.get("elapsed", 0.0)
         initial_ranks, initial_params = state["initial_ranks"], state["initial_params"]
         initial_rms = state.get("initial_rms", initial_rms)
+    ard = make_ard(model, optimizer, cfg, task.num_train, ctx)  # bad schedule arguments fail before any write
+    if resume:
+        ard.load_state_dict(state.get("ard") or {**ard.state_dict(), "epoch": start, "initial_rms": initial_rms})
     elif ctx.is_main:
         (run_dir / "config.toml").write_text(dump_toml(cfg.to_dict()))
     if ctx.is_main:
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    ard = make_ard(model, optimizer, cfg, task.num_train, ctx)
-    if resume:
-        ard.load_state_dict(state.get("ard") or {**ard.state_dict(), "epoch": start, "initial_rms": initial_rms})
     net = wrap(model, ctx)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
