@@ -1,7 +1,7 @@
 """CNNs a user writes, tensorized from scratch with bt.tensorize and trained through bt.ARD on real Fashion-MNIST.
 
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
-                             [--train-limit 0] [--kl-weight 1.0] [--tolerance T] [--smoke]
+                             [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--smoke]
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
@@ -92,8 +92,20 @@ def accuracy(model, x, y) -> float:
     return hits / len(x)
 
 
+def validation_loss(model, x, y) -> float:
+    """Mean cross-entropy on held-out images, in eval mode (the model is put back in training mode)."""
+    model.eval()
+    with torch.no_grad():
+        total = sum(float(F.cross_entropy(model(x[i : i + 1000]), y[i : i + 1000], reduction="sum"))
+                    for i in range(0, len(x), 1000))  # fmt: skip
+    model.train()
+    return total / len(x)
+
+
 def run(name: str, variant: str, data, args, target: float | None = None) -> dict:
     xtr, ytr, xte, yte = data
+    if args.holdout:  # the last training images validate the pruning passes (never the test images)
+        xtr, ytr, xva, yva = xtr[: -args.holdout], ytr[: -args.holdout], xtr[-args.holdout :], ytr[-args.holdout :]
     torch.manual_seed(args.seed)
     net = MODELS[name]()
     dense_total = sum(p.numel() for p in net.parameters())
@@ -122,7 +134,7 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
             loss.backward()
             opt.step()
         if bayes:
-            ard.end_epoch()
+            ard.end_epoch((lambda: validation_loss(net, xva, yva)) if args.holdout else None)
     seconds = time.perf_counter() - t0
     layers = bt.inference.tensorized_layers(net)
     dense_t = sum(m.dense_params() for _, m in layers)
@@ -154,6 +166,7 @@ def main() -> None:
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
     p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")
+    p.add_argument("--holdout", type=int, default=0, help="hold out this many training images; prune by their loss")
     p.add_argument("--curve", default="", help="comma-separated targets: MAP runs at each, plotted to --plot")
     p.add_argument("--plot", default="compression_accuracy.png")
     p.add_argument("--seed", type=int, default=0)
@@ -161,6 +174,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
+    if args.holdout and args.tolerance is None:
+        p.error("--holdout prunes within --tolerance; give both")
     if args.smoke:
         args.epochs, args.batch_size = 1, 32
     if args.threads:

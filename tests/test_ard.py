@@ -356,3 +356,57 @@ def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
     assert collapsed == [""] and rel > 0.95
     rel, collapsed = fit(0.05)
     assert collapsed == [] and rel < 0.6
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prune_by_loss_removes_the_most_weakest_components_the_tolerance_allows(fmt):
+    """The pruned model's loss is within L_0 + τ|L_0|, and physically removing one more component breaks it."""
+    import copy
+
+    model = small_model(fmt=fmt)
+    x, _ = data()
+    with torch.no_grad():
+        y = model(x) + 1.0 * torch.randn(x.shape[0], 16, generator=torch.Generator().manual_seed(3))
+
+    def loss_of(m):
+        with torch.no_grad():
+            return float(F.mse_loss(m(x), y))
+
+    tau, threshold = 0.3, 1e-3
+    base = copy.deepcopy(model)
+    bt.prune(base, threshold)  # the threshold's ranks, SVD gauge
+    bound = loss_of(base) * (1 + tau)
+    tensors = {n: m.weight for n, m in bt.inference.tensorized_layers(base)}
+    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in tensors.items()}
+    order = sorted(
+        (v, n, b, r) for n in tensors for b, vs in enumerate(rel[n]) for r, v in enumerate(vs) if r != vs.index(max(vs))
+    )
+
+    def removing(k):  # the k weakest removed physically from a copy of the threshold-pruned model
+        m = copy.deepcopy(base)
+        gone = {(n, b, r) for _, n, b, r in order[:k]}
+        for n, layer in bt.inference.tensorized_layers(m):
+            t = layer.weight
+            keep = [torch.tensor([r for r in range(rank) if (n, b, r) not in gone]) for b, rank in enumerate(t.ranks)]
+            t.truncate_(keep)
+        return m
+
+    report = bt.prune(model, threshold, evaluate=lambda: loss_of(model), tolerance=tau)
+    k = sum(sum(r) for r in bt.ranks(base).values()) - sum(sum(r) for r in report.after.values())
+    assert 0 < k < len(order), (k, len(order))  # τ leaves something to decide either way
+    assert loss_of(model) <= bound
+    assert loss_of(model) == pytest.approx(loss_of(removing(k)), rel=1e-5)  # zeroing was exact, factors restored
+    assert loss_of(removing(k + 1)) > bound
+
+
+def test_prune_by_loss_arguments_are_checked():
+    model = small_model()
+    with pytest.raises(ValueError, match="needs a tolerance >= 0"):
+        bt.prune(model, evaluate=lambda: 1.0)
+    with pytest.raises(ValueError, match="pass the loss function too"):
+        bt.prune(model, tolerance=0.1)
+    with pytest.raises(ValueError, match="expected a finite loss"):
+        bt.prune(model, evaluate=lambda: float("nan"), tolerance=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"build ARD\(tolerance=...\)"):
+        bt.ARD(model, opt, num_data=8, epochs=2).end_epoch(evaluate=lambda: 1.0)

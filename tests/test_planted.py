@@ -62,8 +62,8 @@ SWEEP_SEEDS = range(2000, 2000 + len(bt.available_formats()))  # one fresh draw 
 def test_random_planted_case_fits_without_collapse(seed, method):
     """A drawn case (benchmarks/planted_sweep.py runs 24 of them): the fit holds and no layer collapses.
 
-    The sweep's second target, no bond more than 1 above the planted rank, is checked by the script
-    and is not yet met on every case (README); the ranks are only required to stay within the start.
+    Without a tolerance ARD's threshold pruning leaves ranks too high on many draws (README), so here
+    the ranks are only required to stay within the start; the next test checks the full target.
     """
     from bayestensor.data import draw_planted_case
     from bayestensor.experiments.planted import FIT_TOLERANCE, fit_planted
@@ -73,3 +73,19 @@ def test_random_planted_case_fits_without_collapse(seed, method):
     assert result["rel_error"] < FIT_TOLERANCE, result
     assert not result["collapsed"], result
     assert all(f <= m for f, m in zip(result["found"], case.max_rank, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("seed", SWEEP_SEEDS)
+def test_random_planted_case_recovers_its_ranks_when_pruning_by_validation_loss(seed, method):
+    """With ARD's tolerance and ``end_epoch(evaluate=held-out NLL)`` the sweep's full target holds on the CI draws.
+
+    The fit holds and no bond ends more than 1 above its planted rank (``passed``). The 24-case sweep
+    (README) fails this on 2 of its 12 CP draws, whose surplus components carry part of the fit.
+    """
+    from bayestensor.data import draw_planted_case
+    from bayestensor.experiments.planted import fit_planted
+
+    result = fit_planted(draw_planted_case(seed), method, epochs=200, tolerance=0.01)
+    assert result["passed"] and not result["collapsed"], result

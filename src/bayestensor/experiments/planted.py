@@ -31,18 +31,32 @@ def fit_planted(
     epochs: int = 60,
     batch_size: int = 256,
     lr: float = 1e-2,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``case`` with ``method`` (``"map"`` / ``"svi"``); returns found ranks, the test error and ``passed``."""
+    """Train ``case`` with ``method`` (``"map"`` / ``"svi"``); returns found ranks, the test error and ``passed``.
+
+    With ``tolerance``, ARD runs with that loss tolerance and every pruning pass removes components for
+    as long as the negative log likelihood of 512 held-out validation samples (not the test samples)
+    stays within it (``ARD.end_epoch(evaluate=...)``).
+    """
     torch.manual_seed(case.seed)
     teacher = planted_teacher(case.format, case.out_shape, case.in_shape, case.planted, seed=case.seed,
                               dtype=torch.float32)  # fmt: skip
     x, y = planted_regression(teacher, num_train, noise=noise, seed=case.seed)
     x_test, y_test = planted_regression(teacher, 512, noise=noise, seed=case.seed + 10_000)
+    x_val, y_val = planted_regression(teacher, 512, noise=noise, seed=case.seed + 20_000)
     n_out, n_in = math.prod(case.out_shape), math.prod(case.in_shape)
     layer = TensorizedLinear(n_in, n_out, format=case.format, max_rank=list(case.max_rank), in_shape=case.in_shape,
                              out_shape=case.out_shape, bias=False, method=method)  # fmt: skip
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
-    ard = ARD(layer, opt, num_data=num_train, epochs=epochs)
+    ard = ARD(layer, opt, num_data=num_train, epochs=epochs, tolerance=tolerance)
+
+    def validation_nll() -> float:
+        layer.eval()
+        nll = float((layer(x_val) - y_val).square().sum() / (2 * noise**2 * len(x_val)))
+        layer.train()
+        return nll
+
     for _ in range(epochs):
         for idx in torch.randperm(num_train).split(batch_size):
             nll = (layer(x[idx]) - y[idx]).square().sum() / (2 * noise**2 * len(idx))
@@ -50,7 +64,7 @@ def fit_planted(
             opt.zero_grad()
             loss.backward()
             opt.step()
-        ard.end_epoch()
+        ard.end_epoch(validation_nll if tolerance is not None else None)
     ard.close()
     layer.eval()
     with torch.no_grad():

@@ -60,6 +60,8 @@ What it does:
   cost more than ``τ`` of the loss, and a layer cannot quietly collapse: its loss rises first.
   The task loss is read by a gradient hook on the tensor passed to :meth:`loss`, so only losses
   that are back-propagated count and evaluating :meth:`loss` still changes no state.
+  With ``end_epoch(evaluate=...)`` the same tolerance also decides pruning: a pass removes the
+  weakest components for as long as the evaluated (held-out) loss stays within ``τ`` of its value.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
   nothing irreversible happens to it; :attr:`collapsed` lists those layers.
@@ -69,6 +71,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -350,8 +353,20 @@ class ARD:
             )
         return new
 
-    def end_epoch(self) -> PruneReport | None:
-        """Close an epoch: collapse check, then prune on schedule; returns the prune report or ``None``."""
+    def end_epoch(self, evaluate: Callable[[], float] | None = None) -> PruneReport | None:
+        """Close an epoch: collapse check, then prune on schedule; returns the prune report or ``None``.
+
+        Parameters
+        ----------
+        evaluate
+            Optional loss of the model as it stands (no arguments, a float; for example the mean task
+            loss on a held-out batch in eval mode). With it a pruning pass also removes the weakest
+            components for as long as that loss stays within ``tolerance`` of its value
+            (:func:`~bayestensor.prune`'s ``evaluate``); needs ``ARD(tolerance=...)``. It is called only
+            when a pass is due.
+        """
+        if evaluate is not None and self.tolerance is None:
+            raise ValueError("ARD.end_epoch(evaluate=...) prunes within ARD's tolerance; build ARD(tolerance=...)")
         if not self._counted_steps:
             self._counted_steps = self.step_in_epoch
         epoch, self.epoch, self.step_in_epoch = self.epoch, self.epoch + 1, 0
@@ -369,6 +384,8 @@ class ARD:
             process_group=self.process_group,
             skip=self.collapsed,
             max_params=self._budget(epoch),
+            evaluate=evaluate,
+            tolerance=self.tolerance if evaluate is not None else None,
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)

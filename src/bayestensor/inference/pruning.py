@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,71 @@ def _keep_within_budget(
     return keep
 
 
+def _keep_within_loss(
+    found: list[tuple[str, FactorizedTensor]],
+    keep: dict[str, list[list[int]]],
+    evaluate: Callable[[], float],
+    tolerance: float,
+) -> dict[str, list[list[int]]]:
+    r"""Remove the ``k`` weakest kept components for the largest ``k`` whose loss stays within tolerance.
+
+    Components are ordered by their relative contribution ``c_r / max_r c_r`` across all bonds of
+    all layers (each bond's strongest is never a candidate). With ``L_0`` = ``evaluate()`` at
+    ``keep``, removing the ``k`` weakest is accepted when
+
+    .. math::
+
+        L_k \le L_0 + τ\,|L_0|,
+
+    and ``k`` is found by bisection (``⌈log₂(m+1)⌉ + 1`` calls of ``evaluate`` for ``m``
+    candidates), on the assumption that the loss grows as more is removed. A removal is tried by
+    zeroing the component's slices in one factor of its bond (exact in the SVD gauge of
+    :meth:`~bayestensor.tensors.FactorizedTensor.regauge_`, which :func:`prune` applies first);
+    the factors are restored after every call.
+    """
+    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in found}
+    order = []
+    for n, ks in keep.items():
+        for b, ks_b in enumerate(ks):
+            strongest = max(ks_b, key=lambda r, n=n, b=b: rel[n][b][r])
+            order += [(rel[n][b][r], n, b, r) for r in ks_b if r != strongest]
+    order.sort()
+
+    def without(k: int) -> dict[str, list[list[int]]]:
+        gone = {(n, b, r) for _, n, b, r in order[:k]}
+        return {n: [[r for r in ks_b if (n, b, r) not in gone] for b, ks_b in enumerate(ks)] for n, ks in keep.items()}
+
+    def loss_at(candidate: dict[str, list[list[int]]]) -> float:
+        saved = {n: [f.detach().clone() for f in t.factors] for n, t in found}
+        try:
+            for n, t in found:
+                for group in t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks):
+                    dropped = sorted(set(range(t.ranks[group.bond])) - set(candidate[n][group.bond]))
+                    if dropped:
+                        f, axis = group.members[0]
+                        idx = torch.tensor(dropped, dtype=torch.long, device=t.factors[f].device)
+                        t.factors[f].index_fill_(axis, idx, 0.0)
+            value = float(evaluate())
+        finally:
+            for n, t in found:
+                for f, old in zip(t.factors, saved[n], strict=True):
+                    f.copy_(old)
+        if not math.isfinite(value):
+            raise ValueError(f"prune(evaluate=...): evaluate() returned {value!r}; expected a finite loss")
+        return value
+
+    reference = loss_at(keep)
+    bound = reference + tolerance * abs(reference)
+    lo, hi = 0, len(order)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if loss_at(without(mid)) <= bound:
+            lo = mid
+        else:
+            hi = mid - 1
+    return without(lo)
+
+
 def _group_rank(process_group) -> int:
     return torch.distributed.get_rank(process_group)
 
@@ -122,6 +188,8 @@ def prune(
     process_group: Any = None,
     skip: Sequence[str] = (),
     max_params: int | None = None,
+    evaluate: Callable[[], float] | None = None,
+    tolerance: float | None = None,
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
@@ -153,11 +221,23 @@ def prune(
         weakest component (lowest ``c_r / max c`` of its bond, over all layers; each bond keeps
         rank 1) until they hold at most this many parameters, or nothing is left to remove
         (see :func:`_keep_within_budget`).
+    evaluate, tolerance
+        Pruning decided by its effect on the loss: ``evaluate()`` returns the loss of the model as it
+        stands (a float, lower is better; for example the mean task loss on a held-out batch, in
+        eval mode). After the threshold, the weakest components (same order as ``max_params``) are
+        removed for as long as the loss stays within ``L_0 + tolerance · |L_0|`` of its value
+        ``L_0`` at the threshold's ranks (see :func:`_keep_within_loss`; about
+        ``log₂(components) + 2`` calls). ``tolerance ≥ 0`` is required with ``evaluate``. Under DDP
+        ``evaluate`` must return the same value on every process (for example all-reduced).
 
     Layers with ``method=None`` are left alone.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    if evaluate is not None and not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
+        raise ValueError(f"prune(evaluate=...) needs a tolerance >= 0 (a relative loss rise), got {tolerance!r}")
+    if evaluate is None and tolerance is not None:
+        raise ValueError("prune(tolerance=...) is the tolerance of evaluate=...; pass the loss function too")
     report = PruneReport(threshold=float(threshold))
     found = [(n, m.weight) for n, m in tensorized_layers(model) if m.weight.method is not None and n not in skip]
     distributed = process_group is not None
@@ -166,6 +246,8 @@ def prune(
     for _, t in found:
         t.regauge_(optimizer)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
+    if evaluate is not None:
+        keep = _keep_within_loss(found, keep, evaluate, float(tolerance))
     if max_params is not None:
         keep = _keep_within_budget(found, keep, max_params)
     if distributed:
