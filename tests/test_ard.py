@@ -1,5 +1,6 @@
 """The ARD training API: pure loss, one M-step per optimizer step, warm-up, pruning schedule, collapse, DDP, init."""
 
+import copy
 import math
 import os
 import tempfile
@@ -361,8 +362,6 @@ def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_prune_by_loss_removes_the_most_weakest_components_the_tolerance_allows(fmt):
     """The pruned model's loss is within L_0 + τ|L_0|, and physically removing one more component breaks it."""
-    import copy
-
     model = small_model(fmt=fmt)
     x, _ = data()
     with torch.no_grad():

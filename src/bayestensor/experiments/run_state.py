@@ -46,8 +46,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-
-
 def weight_rms(model: nn.Module) -> dict[str, float]:
     """Per tensorized layer, the RMS of its weight's entries (see :meth:`FactorizedTensor.weight_rms`)."""
     return {name: layer.weight.weight_rms() for name, layer in tensorized_layers(model)}

@@ -54,6 +54,11 @@ class PruneReport:
         return self.before != self.after
 
 
+def _relative_contributions(found: list[tuple[str, FactorizedTensor]]) -> dict[str, list[list[float]]]:
+    """Per layer and bond, ``c_r / max_r c_r``: the scale-free weakness order of the budget and loss passes."""
+    return {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in found}
+
+
 def _keep_within_budget(
     found: list[tuple[str, FactorizedTensor]], keep: dict[str, list[list[int]]], max_params: int
 ) -> dict[str, list[list[int]]]:
@@ -66,7 +71,7 @@ def _keep_within_budget(
     """
     if not max_params >= 0:
         raise ValueError(f"max_params must be >= 0, got {max_params!r}")
-    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in found}
+    rel = _relative_contributions(found)
     keep = {n: [list(k) for k in ks] for n, ks in keep.items()}
 
     def size(n: str, t: FactorizedTensor) -> int:
@@ -109,7 +114,7 @@ def _keep_within_loss(
     :meth:`~bayestensor.tensors.FactorizedTensor.regauge_`, which :func:`prune` applies first);
     the factors are restored after every call.
     """
-    rel = {n: [(c / c.max()).tolist() for c in t.contributions()] for n, t in found}
+    rel = _relative_contributions(found)
     order = []
     for n, ks in keep.items():
         for b, ks_b in enumerate(ks):
@@ -121,8 +126,9 @@ def _keep_within_loss(
         gone = {(n, b, r) for _, n, b, r in order[:k]}
         return {n: [[r for r in ks_b if (n, b, r) not in gone] for b, ks_b in enumerate(ks)] for n, ks in keep.items()}
 
+    saved = {n: [f.detach().clone() for f in t.factors] for n, t in found}
+
     def loss_at(candidate: dict[str, list[list[int]]]) -> float:
-        saved = {n: [f.detach().clone() for f in t.factors] for n, t in found}
         try:
             for n, t in found:
                 for group in t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks):
