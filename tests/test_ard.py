@@ -31,6 +31,15 @@ def data(n=64):
     return torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
 
 
+def planted_layer(fmt, rank):
+    """A rank-4 MAP layer of 16 x 16, 256 samples of a teacher of ``rank`` on every bond, and its Adam."""
+    torch.manual_seed(0)
+    layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+    teacher = planted_teacher(fmt, (4, 4), (4, 4), [rank] * layer.weight.num_bonds, dtype=torch.float32)
+    x, y = planted_regression(teacher, 256)
+    return layer, x, y, torch.optim.Adam(layer.parameters(), lr=2e-2)
+
+
 def train(ard, opt, model, x, y, loss_fn, *, epochs, batch_size):
     """The documented loop: ``ard.loss`` per batch, one optimizer step, ``ard.end_epoch()`` per epoch."""
     for _ in range(epochs):
@@ -135,11 +144,7 @@ def test_bad_arguments_are_named(kwargs, match):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_end_epoch_prunes_physically_and_keeps_the_optimizer(fmt):
     """Components driven to zero are removed on schedule; Adam's moments follow; training goes on and fits."""
-    torch.manual_seed(0)
-    layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
-    teacher = planted_teacher(fmt, (4, 4), (4, 4), [1] * layer.weight.num_bonds, dtype=torch.float32)
-    x, y = planted_regression(teacher, 256)
-    opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
+    layer, x, y, opt = planted_layer(fmt, rank=1)
     ard = bt.ARD(layer, opt, num_data=len(x), epochs=90, prune_every=20)
     pruned_at, start = [], bt.count_params(layer)
     for epoch in range(90):
@@ -341,11 +346,7 @@ def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
     """A prior 256x too strong (num_data=1 with a mean loss) collapses every format; with tolerance none collapses."""
 
     def fit(tolerance):
-        torch.manual_seed(0)
-        layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
-        teacher = planted_teacher(fmt, (4, 4), (4, 4), [2] * layer.weight.num_bonds, dtype=torch.float32)
-        x, y = planted_regression(teacher, 256)
-        opt = torch.optim.Adam(layer.parameters(), lr=2e-2)
+        layer, x, y, opt = planted_layer(fmt, rank=2)
         ard = bt.ARD(layer, opt, num_data=1, epochs=20, tolerance=tolerance)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bt.CollapseWarning)
