@@ -185,7 +185,7 @@ def test_tensorize_filters_and_min_params():
 
 def test_tensorize_warns_when_nothing_eligible():
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    with pytest.warns(UserWarning, match="no eligible layer"):
+    with pytest.warns(UserWarning, match="no convertible module"):
         model, summary = tensorize(net)
     assert model is net and summary == [] and isinstance(net[0], nn.Linear)
 

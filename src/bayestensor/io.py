@@ -1,21 +1,25 @@
 """Export and import of trained (pruned) models: ``safetensors`` weights plus a small JSON description.
 
 :func:`save` writes ``PATH.safetensors`` (every parameter and persistent buffer, at its current,
-possibly pruned, shape) and ``PATH.json`` (the module tree as constructor arguments, the
-tensorized layers' ranks, the tensor shapes and an optional run config). :func:`load` rebuilds
-the model from the JSON alone (no experiment, config or training code) and loads the weights;
-pruned tensorized layers shrink to the stored ranks as they load.
+possibly pruned, shape) and ``PATH.json`` (the tensorized layers' ranks, the tensor shapes, an
+optional run config and, when the model can be described, the module tree as constructor
+arguments). Pruned tensorized layers shrink to the stored ranks as they load.
 
-What can be described:
+Two ways back:
 
-* ``torch.nn`` building blocks (``Sequential``, ``ModuleList``, ``Linear``, ``Conv2d``,
-  ``BatchNorm1d/2d``, ``ReLU``, ``Dropout``, ``Flatten``, pooling, ``Embedding(Bag)``, ``Identity``);
-* :class:`~bayestensor.TensorizedLinear`, :class:`~bayestensor.TensorizedConv2d`,
-  :class:`~bayestensor.TensorizedEmbedding` (at their current ranks);
-* any class defined in ``bayestensor`` with an ``export_kwargs`` dict attribute: it is rebuilt as
-  ``cls(**export_kwargs)`` (e.g. the CIFAR ResNet and DLRM of :mod:`bayestensor.experiments`).
-
-Classes are only imported from ``torch.nn`` and ``bayestensor``, so a JSON file cannot run code.
+* **A model of any class** (a user's network, ``nn.TransformerEncoder``, a Hugging Face model):
+  rebuild it as it was before training (same constructor, same :func:`~bayestensor.tensorize`
+  call) and pass it, ``load(path, model=rebuilt)``. Every tensorized layer shrinks to its stored
+  ranks; a layer whose stored ranks exceed the rebuilt one's is an error, raised before any
+  weight is loaded.
+* **A described model**, rebuilt from the JSON alone (no experiment, config or training code),
+  ``load(path)``. Described are ``torch.nn`` building blocks (``Sequential``, ``ModuleList``,
+  ``Linear``, ``Conv2d``, ``BatchNorm1d/2d``, ``ReLU``, ``Dropout``, ``Flatten``, pooling,
+  ``Embedding(Bag)``, ``Identity``), every tensorized layer type (through its ``export_kwargs``,
+  at its current ranks and with all its settings), and any class defined in ``bayestensor`` with
+  an ``export_kwargs`` dict attribute, rebuilt as ``cls(**export_kwargs)`` (e.g. the CIFAR ResNet
+  and DLRM of :mod:`bayestensor.experiments`). Classes are only imported from ``torch.nn`` and
+  ``bayestensor``, so a JSON file cannot run code.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
+from .tensors import TensorizedModule
 
 FORMAT_VERSION = 1
 _ALLOWED_MODULES = ("torch.nn", "bayestensor")
@@ -68,45 +72,6 @@ _NN_ARGS: dict[type, Any] = {
 }  # fmt: skip
 
 
-def _tensor_args(t) -> dict[str, Any]:
-    args = {"format": t.fmt.name, "max_rank": list(t.ranks), "method": t.method, "rank_update": t.rank_update}
-    if t.method is not None:
-        # a prior's hyper-parameters are its buffers, named as its constructor arguments
-        args |= {"prior": t.prior.name, "prior_kwargs": {k: float(v) for k, v in t.prior.named_buffers()}}
-    return args
-
-
-def _layer_args(m: nn.Module) -> dict[str, Any]:
-    t = m.weight
-    if isinstance(m, TensorizedLinear):
-        return {
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "in_shape": list(m.in_shape),
-            "out_shape": list(m.out_shape),
-            "bias": m.bias is not None,
-            "strategy": m.strategy,
-            **_tensor_args(t),
-        }
-    if isinstance(m, TensorizedConv2d):
-        return {
-            "in_channels": m.in_channels,
-            "out_channels": m.out_channels,
-            "kernel_size": _pairs(m.kernel_size),
-            "stride": _pairs(m.stride),
-            "padding": _pairs(m.padding),
-            "dilation": _pairs(m.dilation),
-            "groups": m.groups,
-            "bias": m.bias is not None,
-            "in_shape": list(m.in_shape),
-            "out_shape": list(m.out_shape),
-            **_tensor_args(t),
-        }
-    return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "row_shape": list(m.row_shape),
-            "col_shape": list(m.col_shape), "mode": m.mode, "padding_idx": m.padding_idx,
-            "include_last_offset": m.include_last_offset, **_tensor_args(t)}  # fmt: skip
-
-
 def describe(module: nn.Module) -> dict[str, Any]:
     """The JSON-able description of ``module`` that :func:`build` turns back into an (untrained) module."""
     cls = type(module)
@@ -114,8 +79,6 @@ def describe(module: nn.Module) -> dict[str, Any]:
     kwargs = getattr(module, "export_kwargs", None)
     if isinstance(kwargs, dict):
         return {"class": name, "kwargs": kwargs}
-    if isinstance(module, TensorizedLinear | TensorizedConv2d | TensorizedEmbedding):
-        return {"class": name, "kwargs": _layer_args(module)}
     if cls in (nn.Sequential, nn.ModuleList):
         return {"class": name, "children": [describe(c) for c in module]}
     if cls is nn.ModuleDict:
@@ -162,13 +125,18 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
+def _ranks(model: nn.Module) -> dict[str, list[int]]:
+    return {n: list(m.weight.ranks) for n, m in model.named_modules() if isinstance(m, TensorizedModule)}
+
+
 def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``model`` as ``PATH.safetensors`` + ``PATH.json``; returns both paths.
 
     Parameters
     ----------
     model
-        A module that :func:`describe` can describe (see the module docstring).
+        Any module. When :func:`describe` cannot describe it (a user's class), only the weights
+        and ranks are written and :func:`load` needs the rebuilt model.
     path
         File stem (``run/model``), a ``.safetensors``/``.json`` path, or a folder (``folder/model``).
     config
@@ -179,12 +147,15 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
     weights, meta_path = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    ranks = {n: list(m.weight.ranks) for n, m in model.named_modules()
-             if isinstance(m, TensorizedLinear | TensorizedConv2d | TensorizedEmbedding)}  # fmt: skip
+    try:
+        description = describe(model)
+    except ExportError:
+        description = None  # a user's class: load() needs the rebuilt model
     meta = {
         "format_version": FORMAT_VERSION,
-        "model": describe(model),
-        "ranks": ranks,
+        "model": description,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "ranks": _ranks(model),
         "shapes": {k: list(v.shape) for k, v in state.items()},
         "config": config,
     }
@@ -193,13 +164,38 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
     return weights, meta_path
 
 
-def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model written by :func:`save` (stem, either file, or a run folder) in eval mode.
+def _check_ranks(model: nn.Module, stored: dict[str, list[int]], where: str) -> None:
+    have = _ranks(model)
+    for name, ranks in stored.items():
+        if name not in have:
+            raise ExportError(f"{where} has a tensorized layer {name!r} with ranks {ranks}; the given model has none")
+        if any(r > c for r, c in zip(ranks, have[name], strict=False)) or len(ranks) != len(have[name]):
+            raise ExportError(
+                f"{where}: layer {name!r} has stored ranks {ranks}, which exceed (or do not fit) the given model's "
+                f"ranks {have[name]}; rebuild the model with max ranks of at least the stored ones"
+            )
+
+
+def load(
+    path: str | Path, *, model: nn.Module | None = None, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """Load a model written by :func:`save` (stem, either file, or a run folder), in eval mode.
+
+    Parameters
+    ----------
+    path
+        What :func:`save` was given.
+    model
+        The model rebuilt by the caller (needed for classes :func:`describe` cannot describe);
+        its tensorized layers shrink to the stored ranks. ``None``: rebuild from the JSON.
+    map_location
+        Device of the loaded weights.
 
     Raises
     ------
     ExportError
-        Missing files, an unknown format version, or weights that do not match the description.
+        Missing files, an unknown format version, a model that needs ``model=``, stored ranks
+        that exceed the given model's, or weights that do not match the description.
     """
     from safetensors.torch import load_file
 
@@ -215,7 +211,15 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Mo
         raise ExportError(
             f"{str(meta_path)!r}: expected format_version {FORMAT_VERSION}, got {meta.get('format_version')!r}"
         )
-    model = build(meta["model"])
+    if model is None:
+        if meta.get("model") is None:
+            raise ExportError(
+                f"{str(meta_path)!r} holds a {meta.get('model_class', 'user')} model, which cannot be rebuilt from "
+                "the file; build it as before training (and tensorize it the same way) and pass load(path, model=...)"
+            )
+        model = build(meta["model"])
+    else:
+        _check_ranks(model, meta.get("ranks", {}), repr(str(meta_path)))
     state = load_file(str(weights), device=str(map_location))
     got = {k: list(v.shape) for k, v in state.items()}
     if got != meta["shapes"]:
@@ -223,5 +227,5 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Mo
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ExportError(f"weights in {str(weights)!r} do not fit the described model: {err}") from None
+        raise ExportError(f"weights in {str(weights)!r} do not fit the model: {err}") from None
     return model.to(map_location).eval()

@@ -1,20 +1,17 @@
-"""Dense → tensorized: decompositions of trained weights, ``from_dense`` constructors and ``tensorize(model)``."""
+"""Dense → tensorized: ``from_dense`` dispatch over the layer registry and ``tensorize(model)``."""
 
-from .decompose import cp_als, cp_exact, decompose, hooi, relative_error, tt_svd, ttm_svd
-from .from_dense import conv2d_from_dense, embedding_from_dense, from_dense, linear_from_dense, load_factors_
+from ..tensors.decompose import cp_als, cp_exact, decompose, hooi, relative_error, tt_svd, ttm_svd
+from .from_dense import from_dense, layer_type_for
 from .tensorize import format_summary, tensorize
 
 __all__ = [
-    "conv2d_from_dense",
     "cp_als",
     "cp_exact",
     "decompose",
-    "embedding_from_dense",
     "format_summary",
     "from_dense",
     "hooi",
-    "linear_from_dense",
-    "load_factors_",
+    "layer_type_for",
     "relative_error",
     "tensorize",
     "tt_svd",

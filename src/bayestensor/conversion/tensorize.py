@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..formats import RankSpec
+from ..layers import LAYER_TYPES, TensorizedLinear
 from ..tensors import TensorizedModule
-from .from_dense import from_dense
+from .from_dense import from_dense, layer_type_for
 
-ELIGIBLE = (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag)
+DENSE_BASES = (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
 
 
 def _matches(name: str, patterns: str | Sequence[str] | None) -> bool:
@@ -23,15 +24,28 @@ def _matches(name: str, patterns: str | Sequence[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
 
 
-def _ineligible_reason(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d) and (
-        module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid")
-    ):
-        return f"padding_mode={module.padding_mode!r}, padding={module.padding!r}"
-    if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.max_norm is not None:
-        return "max_norm is set"
-    if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
-        return "mode='max'"
+def _named_exactly(name: str, patterns: str | Sequence[str] | None) -> bool:
+    if patterns is None:
+        return False
+    return name in ([patterns] if isinstance(patterns, str) else list(patterns))
+
+
+def _skip_reason(name: str, module: nn.Module, shared: dict[int, list[str]]) -> str | None:
+    """Why a module that looks convertible is left dense, or ``None`` when it is converted."""
+    layer_type = layer_type_for(module)
+    if layer_type is None:
+        base = next(b.__name__ for b in DENSE_BASES if isinstance(module, b))
+        return (
+            f"{type(module).__qualname__} is a subclass of nn.{base}; only exact types are converted, since a "
+            "subclass (or its parent, as nn.MultiheadAttention does with out_proj) may read .weight as a dense tensor"
+        )
+    reason = layer_type.unsupported_reason(module)
+    if reason is not None:
+        return reason
+    for p in module.parameters(recurse=False):
+        others = [n for n in shared.get(id(p), []) if n.rpartition(".")[0] != name]
+        if others:
+            return f"its parameter is shared with {others[0]} (tied weights)"
     return None
 
 
@@ -47,11 +61,23 @@ def tensorize(
     init: str = "random",
     **layer_kwargs,
 ) -> tuple[nn.Module, list[dict]]:
-    """Replace ``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding`` and ``nn.EmbeddingBag`` layers by tensorized ones.
+    """Replace dense layers by their tensorized counterparts (every type of ``bayestensor.layers.LAYER_TYPES``).
 
-    A layer is replaced when it has at least ``min_params`` parameters, its qualified name
-    matches ``include`` (glob patterns or module-name prefixes; all layers when ``None``) and
+    Converted: ``nn.Linear`` (and Hugging Face's GPT-2 ``Conv1D``), ``nn.Conv2d``,
+    ``nn.Embedding``, ``nn.EmbeddingBag`` and ``nn.MultiheadAttention`` (all four projections,
+    packed or separate Q/K/V; :class:`~bayestensor.layers.TensorizedMultiheadAttention`). A
+    module is replaced when it has at least ``min_params`` parameters, its qualified name
+    matches ``include`` (glob patterns or module-name prefixes; all modules when ``None``) and
     not ``exclude``. The model is modified in place.
+
+    Types match exactly. Modules of a subclass of those types, modules with unsupported
+    settings (``padding_mode="reflect"``, ``max_norm``, ``add_bias_kv``, …) and modules whose
+    weight is tied to another module's (an LM head tied to its embedding) are left dense; one
+    warning names each with the reason, and naming one exactly in ``include`` is an error. The
+    feed-forward layers of an ``nn.TransformerEncoderLayer`` are converted only together with its
+    ``self_attn`` (its inference fast path reads ``linear1.weight`` otherwise), and an
+    ``nn.TransformerEncoder`` whose layers were converted gets ``use_nested_tensor = False`` (the
+    nested-tensor fast path needs dense packed weights).
 
     How the new layers start is the explicit choice ``init``:
 
@@ -59,9 +85,8 @@ def tensorize(
       reconstructed weight has the replaced layer's weight std (for a freshly built layer,
       PyTorch's default initialisation), plus its bias. Decomposing a random weight instead
       would keep only its top singular directions, a weight 2–10× too small.
-    * ``"decompose"`` (for a trained model): decompose the trained weight
-      (:mod:`~bayestensor.conversion.from_dense`), so at full rank the model computes the same
-      function.
+    * ``"decompose"`` (for a trained model): decompose the trained weight, so at full rank the
+      model computes the same function.
 
     With ``max_rank=None`` (default) each layer starts from the largest uniform rank whose
     factors hold at most ``start_fraction`` (default 0.1) of its dense weight's entries, which
@@ -77,7 +102,7 @@ def tensorize(
     init
         ``"random"`` or ``"decompose"`` (see above).
     min_params
-        Smallest layer (weight + bias parameters) worth tensorizing.
+        Smallest module (its parameters) worth tensorizing.
     include, exclude
         Name filters.
     **layer_kwargs
@@ -86,55 +111,102 @@ def tensorize(
     Returns
     -------
     tuple
-        ``(model, summary)``: one summary row per replaced layer with keys ``layer``, ``type``,
-        ``format``, ``shape``, ``tensor_shape``, ``max_ranks``, ``params_before``,
+        ``(model, summary)``: one summary row per new factorized weight with keys ``layer``,
+        ``type``, ``format``, ``shape``, ``tensor_shape``, ``max_ranks``, ``params_before``,
         ``params_after`` and ``rel_error``.
+
+    Raises
+    ------
+    ValueError
+        A module named exactly in ``include`` cannot be converted (the message says why), or an
+        ``include`` name matches no module.
     """
-    targets = []
+    shared: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(pname)
+    names = [n for n, _ in model.named_modules()]
+    if include is not None:
+        for pattern in [include] if isinstance(include, str) else include:
+            if not any(_matches(n, pattern) for n in names if n):
+                raise ValueError(f"tensorize: include={pattern!r} matches no module of {type(model).__name__}")
+    targets, skipped, claimed = {}, [], []
     for name, module in model.named_modules():
-        if not isinstance(module, ELIGIBLE) or isinstance(module, TensorizedModule) or not name:
+        if not name or isinstance(module, LAYER_TYPES) or any(name.startswith(c + ".") for c in claimed):
             continue
-        n_params = sum(p.numel() for p in module.parameters(recurse=False))
-        if n_params < min_params or _ineligible_reason(module) is not None:
+        if not isinstance(module, DENSE_BASES) and layer_type_for(module) is None:
             continue
-        if include is not None and not _matches(name, include):
+        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
-        if _matches(name, exclude):
+        reason = _skip_reason(name, module, shared)
+        if reason is not None:
+            if _named_exactly(name, include):
+                raise ValueError(f"tensorize: cannot convert {name!r} ({type(module).__name__}): {reason}")
+            skipped.append((name, reason))
             continue
-        targets.append((name, module, n_params))
+        n_params = sum(p.numel() for p in module.parameters())
+        if n_params < min_params:
+            continue
+        targets[name] = module
+        claimed.append(name)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and f"{name}.self_attn".lstrip(".") not in targets:
+            for child in ("linear1", "linear2"):
+                key = f"{name}.{child}".lstrip(".")
+                if targets.pop(key, None) is not None:
+                    skipped.append(
+                        (key, "nn.TransformerEncoderLayer's inference fast path reads it as a dense weight unless its "
+                              "self_attn is converted too (it is excluded, unsupported or below min_params)")
+                    )  # fmt: skip
+    if skipped:
+        warnings.warn(
+            "tensorize left these modules dense: " + "; ".join(f"{n} ({r})" for n, r in skipped), stacklevel=2
+        )
     if not targets:
         warnings.warn(
-            f"tensorize: no eligible layer (nn.Linear, nn.Conv2d, nn.Embedding or nn.EmbeddingBag with at least "
-            f"{min_params} parameters, passing include={include!r} / exclude={exclude!r}); model unchanged",
+            f"tensorize: no convertible module (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag or "
+            f"nn.MultiheadAttention with at least {min_params} parameters, passing include={include!r} / "
+            f"exclude={exclude!r}); model unchanged",
             stacklevel=2,
         )
         return model, []
     summary = []
-    for name, module, n_params in targets:
+    for name, module in targets.items():
         kwargs = dict(layer_kwargs)
-        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        is_table = isinstance(module, nn.Embedding | nn.EmbeddingBag)
+        if is_table:
             kwargs.pop("start_fraction", None)
-        rank = 16 if max_rank is None and isinstance(module, nn.Embedding | nn.EmbeddingBag) else max_rank
+        rank = 16 if max_rank is None and is_table else max_rank
         new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
         new.train(module.training)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        w = new.weight
-        summary.append(
-            {
-                "layer": name,
-                "type": type(module).__name__,
-                "format": w.fmt.name,
-                "shape": tuple(module.weight.shape),
-                "tensor_shape": (w.out_shape, w.in_shape),
-                "max_ranks": list(w.ranks),
-                "params_before": n_params,
-                "params_after": new.get_num_params(),
-                "rel_error": new.reconstruction_error,
-            }
-        )
+        for sub_name, sub in new.named_modules():
+            if isinstance(sub, TensorizedModule):
+                summary.append(_summary_row(f"{name}.{sub_name}" if sub_name else name, module, sub))
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, LAYER_TYPES) for m in module.modules()):
+            module.use_nested_tensor = False
     return model, summary
+
+
+def _summary_row(name: str, dense: nn.Module, layer: TensorizedModule) -> dict:
+    w = layer.weight
+    if isinstance(layer, TensorizedLinear) and not isinstance(dense, nn.Linear):
+        shape = (layer.out_features, layer.in_features)  # one projection of an attention block, or a Conv1D
+    else:
+        shape = tuple(dense.weight.shape)
+    return {
+        "layer": name,
+        "type": type(dense).__name__,
+        "format": w.fmt.name,
+        "shape": shape,
+        "tensor_shape": (w.out_shape, w.in_shape),
+        "max_ranks": list(w.ranks),
+        "params_before": layer.dense_params(),
+        "params_after": layer.get_num_params(),
+        "rel_error": layer.reconstruction_error,
+    }
 
 
 def format_summary(summary: list[dict]) -> str:

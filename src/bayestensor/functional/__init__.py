@@ -12,6 +12,7 @@ from .contraction import (
     run_steps,
     squared_norm,
 )
+from .precision import cast_all, compute_dtype
 from .rows import ROW_KERNELS, embedding_plan, gather_rows, register_row_kernel
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "LinearPlan",
     "ROW_KERNELS",
     "batch_bucket",
+    "cast_all",
+    "compute_dtype",
     "embedding_plan",
     "factorized_linear",
     "gather_rows",

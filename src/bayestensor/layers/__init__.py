@@ -1,7 +1,12 @@
-"""Thin tensorized layers over factorized weights."""
+"""Thin tensorized layers over factorized weights; each owns its conversion from the dense layer and its export."""
 
+from .attention import TensorizedMultiheadAttention
 from .conv import TensorizedConv2d
 from .embedding import TensorizedEmbedding
 from .linear import TensorizedLinear
 
-__all__ = ["TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear"]
+#: Every layer type that replaces ``torch.nn`` modules (see :class:`~bayestensor.tensors.module.DenseCounterpart`).
+#: A new layer type adds its own file and one entry here.
+LAYER_TYPES = (TensorizedLinear, TensorizedConv2d, TensorizedEmbedding, TensorizedMultiheadAttention)
+
+__all__ = ["LAYER_TYPES", "TensorizedConv2d", "TensorizedEmbedding", "TensorizedLinear", "TensorizedMultiheadAttention"]

@@ -43,12 +43,16 @@ from ..formats import RankSpec, get_format, tensorized_shape
 from ..functional import (
     assume_constant_result,
     batch_bucket,
+    cast_all,
+    compute_dtype,
     index_symbols,
     plan_contraction,
     reconstruct_matrix,
     run_steps,
 )
 from ..tensors import FactorizedTensor, TensorizedModule
+from ..tensors.module import tensor_export_kwargs
+from ._from_dense import factory_kwargs, padded, start_from_dense
 
 STRATEGIES = ("auto", "factorized", "reconstruct")
 
@@ -277,12 +281,17 @@ class TensorizedConv2d(TensorizedModule):
     strategy
         ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
 
+    Under ``torch.autocast`` the forward computes and returns the autocast dtype, as
+    ``nn.Conv2d`` does.
+
     Examples
     --------
     >>> conv = TensorizedConv2d(16, 32, 3, padding=1, format="tucker", max_rank=8)
     >>> conv(torch.randn(2, 16, 8, 8)).shape
     torch.Size([2, 32, 8, 8])
     """
+
+    dense_types = (nn.Conv2d,)
 
     def __init__(
         self,
@@ -404,12 +413,11 @@ class TensorizedConv2d(TensorizedModule):
         """The dense ``(out_channels, in_channels / groups, kh, kw)`` kernel (posterior mean)."""
         return self._kernel(list(self.weight.factors))
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor) -> torch.dtype:
+        """Validate ``x``; returns the dtype to compute in (see :func:`~bayestensor.functional.compute_dtype`)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input of shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         ref = self.weight.factors[0]
-        if x.dtype != ref.dtype:
-            raise ValueError(f"input dtype {x.dtype} does not match the layer's dtype {ref.dtype}")
         if x.device != ref.device:
             raise ValueError(f"input is on {x.device} but the layer is on {ref.device}")
         for d, name in ((0, "height"), (1, "width")):
@@ -420,17 +428,20 @@ class TensorizedConv2d(TensorizedModule):
                     f"kernel {name} {self.kernel_size[d]} (dilated span {span}) is larger than the padded input "
                     f"{name} {padded} (input {x.shape[2 + d]} + 2 × padding {self.padding[d]})"
                 )
+        return compute_dtype(x, ref.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         """Convolve ``x`` of shape ``(B, in_channels, H, W)``; returns ``(B, out_channels, H', W')``."""
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
-        self._check_input(x)
+        dtype = self._check_input(x)
+        x = x.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
         batch, _, height, width = x.shape
         h_out = _conv_out(height, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
         w_out = _conv_out(width, self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
-        factors = self.weight.tensors()
+        factors = cast_all(dtype, self.weight.tensors())
         ranks = tuple(self.weight.ranks)
         strategy = "reconstruct" if self.groups > 1 else self.strategy
         chosen, payload = conv_plan_constant(
@@ -444,7 +455,7 @@ class TensorizedConv2d(TensorizedModule):
             strategy,
         )
         if chosen == "reconstruct":
-            y = F.conv2d(x, self._kernel(factors), self.bias, self.stride, self.padding, self.dilation, self.groups)
+            y = F.conv2d(x, self._kernel(factors), bias, self.stride, self.padding, self.dilation, self.groups)
             return y.squeeze(0) if unbatched else y
         p, s, q, p_steps, s_steps, q_steps, eq1, eq3, (n_pass, n_grp, n_cout, n_cin), v_modes = payload
         n_pad = math.prod(self.in_shape) - self.in_channels
@@ -470,8 +481,8 @@ class TensorizedConv2d(TensorizedModule):
         y = y.reshape(batch, math.prod(self.out_shape), h_out, w_out)
         if y.shape[1] != self.out_channels:
             y = y[:, : self.out_channels]
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1, 1)
+        if bias is not None:
+            y = y + bias.reshape(1, -1, 1, 1)
         return y.squeeze(0) if unbatched else y
 
     def dense_params(self) -> int:  # noqa: D102
@@ -479,12 +490,68 @@ class TensorizedConv2d(TensorizedModule):
         weight = self.out_channels * (self.in_channels // self.groups) * kh * kw
         return weight + (self.out_channels if self.bias is not None else 0)
 
-    @classmethod
-    def from_dense(cls, conv: nn.Conv2d, **kwargs) -> TensorizedConv2d:
-        """Compress a trained :class:`torch.nn.Conv2d`; see :func:`bayestensor.conversion.conv2d_from_dense`."""
-        from ..conversion.from_dense import conv2d_from_dense
+    @staticmethod
+    def unsupported_reason(module: nn.Module) -> str | None:  # noqa: D102
+        if module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
+            return (
+                f"only padding_mode='zeros' with explicit or 'valid' padding can be converted, got "
+                f"padding_mode={module.padding_mode!r}, padding={module.padding!r}"
+            )
+        return None
 
-        return conv2d_from_dense(conv, **kwargs)
+    @classmethod
+    def from_dense(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        format: str = "tt",
+        max_rank: RankSpec | None = 16,
+        n_iter: int = 200,
+        init: str = "decompose",
+        **kwargs,
+    ) -> TensorizedConv2d:
+        """A layer started from ``conv`` (zero padding mode only); ``init`` as for linear layers."""
+        if not cls.accepts(conv):
+            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+        reason = cls.unsupported_reason(conv)
+        if reason is not None:
+            raise ValueError(reason)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            format=format,
+            max_rank=max_rank,
+            **factory_kwargs(conv, kwargs, init),
+        )
+        kh, kw = layer.kernel_size
+        matrix = conv.weight.permute(0, 2, 3, 1)  # (out, kh, kw, in / groups)
+        matrix = F.pad(matrix, (0, math.prod(layer.in_shape) - matrix.shape[-1]))
+        matrix = matrix.reshape(conv.out_channels, kh * kw * math.prod(layer.in_shape))
+        matrix = padded(matrix, math.prod(layer.out_shape), matrix.shape[1])  # (M, kh·kw·N)
+        return start_from_dense(layer, matrix, conv.bias, init=init, n_iter=n_iter)
+
+    @property
+    def export_kwargs(self) -> dict:  # noqa: D102
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "in_shape": list(self.in_shape),
+            "out_shape": list(self.out_shape),
+            "strategy": self.strategy,
+            **tensor_export_kwargs(self.weight),
+        }
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

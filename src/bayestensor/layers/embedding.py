@@ -27,11 +27,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
 from ..functional import gather_rows
 from ..tensors import FactorizedTensor, TensorizedModule
+from ..tensors.module import tensor_export_kwargs
+from ._from_dense import factory_kwargs, padded, start_from_dense
 
 MODES = (None, "sum", "mean")
 
@@ -86,12 +88,17 @@ class TensorizedEmbedding(TensorizedModule):
     validate
         Check ids and offsets in eager mode (one host sync); never done under ``torch.compile``.
 
+    Under ``torch.autocast`` the rows keep the stored dtype, as ``nn.Embedding``'s do (a lookup
+    is not a matrix product that autocast lowers).
+
     Examples
     --------
     >>> emb = TensorizedEmbedding(1000, 16, max_rank=4)
     >>> emb(torch.tensor([[1, 2], [999, 0]])).shape
     torch.Size([2, 2, 16])
     """
+
+    dense_types = (nn.Embedding, nn.EmbeddingBag)
 
     def __init__(
         self,
@@ -164,7 +171,8 @@ class TensorizedEmbedding(TensorizedModule):
             digits.append(rem % size)
             rem = torch.div(rem, size, rounding_mode="floor")
         digits.reverse()
-        out = gather_rows(self.format, factors, digits, self.row_shape, self.col_shape, tuple(self.weight.ranks))
+        with torch.autocast(ids.device.type, enabled=False):  # rows in the stored dtype, as nn.Embedding's
+            out = gather_rows(self.format, factors, digits, self.row_shape, self.col_shape, tuple(self.weight.ranks))
         return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
 
     # ------------------------------------------------------------------ validation
@@ -264,12 +272,68 @@ class TensorizedEmbedding(TensorizedModule):
     def dense_params(self) -> int:  # noqa: D102
         return self.num_embeddings * self.embedding_dim
 
-    @classmethod
-    def from_dense(cls, embedding, **kwargs) -> TensorizedEmbedding:
-        """Compress a trained ``nn.Embedding`` / ``nn.EmbeddingBag``; see :mod:`bayestensor.conversion`."""
-        from ..conversion.from_dense import embedding_from_dense
+    @staticmethod
+    def unsupported_reason(module: nn.Module) -> str | None:  # noqa: D102
+        if module.max_norm is not None:
+            return "max_norm is set (the table changes during lookups)"
+        if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
+            return "EmbeddingBag(mode='max'); expected mode 'sum' or 'mean'"
+        return None
 
-        return embedding_from_dense(embedding, **kwargs)
+    @classmethod
+    def from_dense(
+        cls,
+        embedding: nn.Embedding | nn.EmbeddingBag,
+        *,
+        format: str = "tt",
+        max_rank: RankSpec = 16,
+        n_iter: int = 200,
+        init: str = "decompose",
+        **kwargs,
+    ) -> TensorizedEmbedding:
+        """A layer started from the table of an embedding or embedding bag; ``init`` as for linear layers.
+
+        ``mode``, ``padding_idx`` and ``include_last_offset`` are taken from the source. ``max_norm``
+        and ``mode="max"`` are not supported.
+        """
+        if not cls.accepts(embedding):
+            raise TypeError(f"expected an nn.Embedding or nn.EmbeddingBag, got {type(embedding).__name__}")
+        reason = cls.unsupported_reason(embedding)
+        if reason is not None:
+            raise ValueError(f"cannot convert: {reason}")
+        is_bag = isinstance(embedding, nn.EmbeddingBag)
+        kwargs.setdefault("mode", embedding.mode if is_bag else None)
+        kwargs.setdefault("padding_idx", embedding.padding_idx)
+        if is_bag:
+            kwargs.setdefault("include_last_offset", embedding.include_last_offset)
+        layer = cls(
+            embedding.num_embeddings,
+            embedding.embedding_dim,
+            format=format,
+            max_rank=max_rank,
+            **factory_kwargs(embedding, kwargs, init),
+        )
+        table = embedding.weight
+        if layer.padding_idx is not None:
+            table = table.detach().clone()
+            table[layer.padding_idx] = 0.0  # the padding row reads as zeros in the tensorized layer
+        matrix = padded(table, math.prod(layer.row_shape), math.prod(layer.col_shape))
+        return start_from_dense(layer, matrix, None, init=init, n_iter=n_iter)
+
+    @property
+    def export_kwargs(self) -> dict:  # noqa: D102
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "row_shape": list(self.row_shape),
+            "col_shape": list(self.col_shape),
+            "mode": self.mode,
+            "padding_idx": self.padding_idx,
+            "include_last_offset": self.include_last_offset,
+            "dedup": self.dedup,
+            "validate": self.validate,
+            **tensor_export_kwargs(self.weight),
+        }
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

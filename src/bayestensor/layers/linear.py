@@ -10,10 +10,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import factorized_linear
+from ..functional import cast_all, compute_dtype, factorized_linear
 from ..tensors import FactorizedTensor, TensorizedModule
+from ..tensors.module import tensor_export_kwargs
+from ._from_dense import factory_kwargs, padded, start_from_dense
 
 STRATEGIES = ("auto", "factorized", "reconstruct", "einsum", "two_stage")
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is Hugging Face's ``Conv1D`` (GPT-2): ``y = x W + b`` with ``W`` of shape ``(in, out)``."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
 
 
 def resolve_shapes(
@@ -85,12 +93,17 @@ class TensorizedLinear(TensorizedModule):
     strategy
         ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
 
+    Under ``torch.autocast`` the forward computes and returns the autocast dtype, as
+    ``nn.Linear`` does; the stored factors stay in their dtype (:mod:`~bayestensor.functional.precision`).
+
     Examples
     --------
     >>> layer = TensorizedLinear(64, 256, format="ttm", max_rank=8)
     >>> layer(torch.randn(5, 64)).shape
     torch.Size([5, 256])
     """
+
+    dense_types = (nn.Linear,)
 
     def __init__(
         self,
@@ -145,27 +158,27 @@ class TensorizedLinear(TensorizedModule):
         w = self.weight.to_matrix()
         return w[: self.out_features, : self.in_features]
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor) -> torch.dtype:
+        """Validate ``x``; returns the dtype to compute in (see :func:`~bayestensor.functional.compute_dtype`)."""
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"expected input of shape (..., {self.in_features}), got {tuple(x.shape)}")
         ref = self.weight.factors[0]
-        if x.dtype != ref.dtype:
-            raise ValueError(f"input dtype {x.dtype} does not match the layer's dtype {ref.dtype}")
         if x.device != ref.device:
             raise ValueError(f"input is on {x.device} but the layer is on {ref.device}")
+        return compute_dtype(x, ref.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)``."""
-        self._check_input(x)
+        dtype = self._check_input(x)
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)  # (B, in)
+        x2 = x.reshape(-1, self.in_features).to(dtype)  # (B, in)
         n_pad = math.prod(self.in_shape) - self.in_features
         if n_pad:
             x2 = F.pad(x2, (0, n_pad))  # (B, N) with zero columns that meet never-used weights
         y = factorized_linear(
             x2,
             self.format,
-            self.weight.tensors(),
+            cast_all(dtype, self.weight.tensors()),
             self.out_shape,
             self.in_shape,
             tuple(self.weight.ranks),
@@ -174,18 +187,60 @@ class TensorizedLinear(TensorizedModule):
         if y.shape[-1] != self.out_features:
             y = y[:, : self.out_features]
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(dtype)
         return y.reshape(*lead, self.out_features)
 
     def dense_params(self) -> int:  # noqa: D102
         return self.in_features * self.out_features + (self.out_features if self.bias is not None else 0)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, **kwargs) -> TensorizedLinear:
-        """Compress a trained :class:`torch.nn.Linear`; see :func:`bayestensor.conversion.linear_from_dense`."""
-        from ..conversion.from_dense import linear_from_dense
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        *,
+        format: str = "ttm",
+        max_rank: RankSpec | None = 16,
+        n_iter: int = 200,
+        init: str = "decompose",
+        **kwargs,
+    ) -> TensorizedLinear:
+        """A layer started from ``linear`` (``y = x Wᵀ + b``; also Hugging Face's ``Conv1D``, ``y = x W + b``).
 
-        return linear_from_dense(linear, **kwargs)
+        ``init="decompose"`` (default, "train, then compress") decomposes ``linear.weight``, so at
+        full rank the layer reproduces ``linear`` to floating-point tolerance; ``init="random"``
+        draws random factors whose reconstruction has ``linear.weight``'s std (for training from
+        scratch). ``max_rank=None`` sizes the ranks from a parameter budget. ``kwargs`` go to the
+        constructor (``in_shape``, ``out_shape``, ``method``, ``prior``, …).
+        """
+        if not cls.accepts(linear):
+            raise TypeError(f"expected an nn.Linear (or Hugging Face Conv1D), got {type(linear).__name__}")
+        weight = linear.weight.T if is_hf_conv1d(linear) else linear.weight  # (out, in)
+        layer = cls(
+            weight.shape[1],
+            weight.shape[0],
+            format=format,
+            max_rank=max_rank,
+            bias=linear.bias is not None,
+            **factory_kwargs(linear, kwargs, init),
+        )
+        matrix = padded(weight, math.prod(layer.out_shape), math.prod(layer.in_shape))  # (M, N)
+        return start_from_dense(layer, matrix, linear.bias, init=init, n_iter=n_iter)
+
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:  # noqa: D102
+        return type(module) in cls.dense_types or is_hf_conv1d(module)
+
+    @property
+    def export_kwargs(self) -> dict:  # noqa: D102
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "in_shape": list(self.in_shape),
+            "out_shape": list(self.out_shape),
+            "bias": self.bias is not None,
+            "strategy": self.strategy,
+            **tensor_export_kwargs(self.weight),
+        }
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

@@ -189,6 +189,15 @@ class FactorizedTensor(nn.Module):
         """Stored parameters of the factors (means only; variational scales are not needed to run)."""
         return sum(p.numel() for p in self.factors)
 
+    def init_from_matrix_(self, matrix: Tensor, *, init: str = "decompose", n_iter: int = 200) -> float:
+        """Start from the dense ``matrix`` (``"decompose"`` it or keep the ``"random"`` factors); see :mod:`.init`.
+
+        Returns the relative error ``‖W − Ŵ‖_F / ‖W‖_F`` of this tensor against ``matrix``.
+        """
+        from .init import init_from_matrix_
+
+        return init_from_matrix_(self, matrix, init=init, n_iter=n_iter)
+
     # ------------------------------------------------------------------ factors
     def scales(self) -> list[Tensor]:
         """Posterior stds ``σ = softplus(ρ)`` of the SVI factors."""

@@ -1,13 +1,48 @@
-"""Base class of every layer whose weight is a :class:`FactorizedTensor`."""
+"""Base classes of tensorized layers: what a layer type owns (conversion, export) and the factorized-weight layer."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
 from .factorized import FactorizedTensor
 
 
-class TensorizedModule(nn.Module):
+class DenseCounterpart:
+    """What a layer type that replaces a ``torch.nn`` module owns: its conversion and its export.
+
+    * ``dense_types``: the ``torch.nn`` classes it replaces (matched exactly, never subclasses,
+      since a subclass or its parent may read ``.weight`` as a dense tensor);
+    * ``unsupported_reason(module)``: why a module of those types cannot be converted, or ``None``;
+    * ``from_dense(module, ...)``: the tensorized layer, started from the module's weight;
+    * ``export_kwargs``: constructor arguments that rebuild the layer at its current ranks.
+    """
+
+    dense_types: tuple[type[nn.Module], ...] = ()
+
+    @classmethod
+    def accepts(cls, module: nn.Module) -> bool:
+        """Whether this layer type converts ``module``: its type is exactly one of ``dense_types``."""
+        return type(module) in cls.dense_types
+
+    @staticmethod
+    def unsupported_reason(module: nn.Module) -> str | None:
+        """Why ``module`` (of one of ``dense_types``) cannot be converted, or ``None`` when it can."""
+        return None
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, **kwargs: Any) -> TensorizedModule:
+        """The tensorized counterpart of the dense ``module``."""
+        raise NotImplementedError
+
+    @property
+    def export_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer (untrained) at its current ranks and settings."""
+        raise NotImplementedError
+
+
+class TensorizedModule(DenseCounterpart, nn.Module):
     """A layer with a factorized weight stored as ``self.weight`` (a :class:`FactorizedTensor`).
 
     Model-level utilities (``prior_loss``, ``ranks``, ``prune``, ``count_params``,
@@ -29,3 +64,18 @@ class TensorizedModule(nn.Module):
         """Parameters stored by this layer: factor means and bias (not variational scales)."""
         bias = getattr(self, "bias", None)
         return self.weight.n_params() + (bias.numel() if bias is not None else 0)
+
+
+def tensor_export_kwargs(t: FactorizedTensor) -> dict[str, Any]:
+    """The constructor arguments of a layer that its :class:`FactorizedTensor` determines (current ranks)."""
+    args = {
+        "format": t.fmt.name,
+        "max_rank": list(t.ranks),
+        "method": t.method,
+        "rank_update": t.rank_update,
+        "em_step": t.em_step,
+    }
+    if t.method is not None:
+        # a prior's hyper-parameters are its buffers, named as its constructor arguments
+        args |= {"prior": t.prior.name, "prior_kwargs": {k: float(v) for k, v in t.prior.named_buffers()}}
+    return args

@@ -1,0 +1,81 @@
+"""Start a :class:`~bayestensor.tensors.FactorizedTensor` from a dense matrix: decompose it, or keep random factors.
+
+``init="decompose"`` (for a trained weight) runs the format's decomposition
+(:func:`~bayestensor.tensors.decompose.decompose`), copies the factors, and re-initialises the
+Bayesian state from them: the rank variances ``λ`` take their closed-form MAP value for the new
+factors and SVI posterior scales start at :data:`SVI_INIT_SCALE` of each factor's scale.
+``init="random"`` (for training from scratch) keeps the tensor's random factors, which were drawn
+so that the reconstructed weight has the dense weight's standard deviation
+(:func:`dense_init_std`). Either way the relative error ``‖W − Ŵ‖_F / ‖W‖_F`` is returned (about
+``√2`` for independent random draws).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .decompose import decompose, relative_error
+
+if TYPE_CHECKING:
+    from .factorized import FactorizedTensor
+
+#: How a tensor built from a dense matrix starts: ``"decompose"`` the matrix, or keep ``"random"`` factors.
+INITS = ("decompose", "random")
+
+
+def dense_init_std(weight: Tensor) -> float:
+    """The entry std of a dense weight, the target std of ``init="random"`` factors.
+
+    For a freshly built ``nn.Linear`` / ``nn.Conv2d`` this is the std of PyTorch's default
+    initialisation, ``1/√(3·fan_in)``, and for ``nn.Embedding`` it is 1; for a user's own
+    initialisation it is whatever that initialisation drew.
+    """
+    w = weight.detach().to(torch.float64)
+    return float(w.std()) if w.numel() > 1 else float(w.abs().mean())
+
+
+def check_init(init: str) -> str:
+    """``init`` if it is one of :data:`INITS`, else a ``ValueError`` naming them."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    return init
+
+
+@torch.no_grad()
+def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "decompose", n_iter: int = 200) -> float:
+    """Start ``tensor`` from ``matrix`` (shape ``(prod(out_shape), prod(in_shape))``, zero-padded).
+
+    Returns the relative reconstruction error of the tensor against ``matrix`` (module docstring).
+    """
+    from .factorized import SVI_INIT_SCALE, _inverse_softplus
+
+    check_init(init)
+    out_shape, in_shape, ranks = tensor.out_shape, tensor.in_shape, list(tensor.ranks)
+    work = matrix.detach().to(torch.float64)  # decompose in double, store in the tensor's dtype
+    if init == "random":
+        w = tensor.to_matrix().to(torch.float64)
+        return float((w - work).norm() / work.norm().clamp_min(1e-300))
+    full = work.reshape(*out_shape, *in_shape)
+    factors = decompose(tensor.fmt.name, full, out_shape, in_shape, ranks, n_iter=n_iter)
+    error = relative_error(tensor.fmt.name, factors, full, out_shape, in_shape, ranks)
+    for p, f in zip(tensor.factors, factors, strict=True):
+        p.copy_(f.to(p))
+    if tensor.method == "svi":
+        for raw, f in zip(tensor.raw_scales, tensor.factors, strict=True):
+            scale = float(f.float().std()) if f.numel() > 1 else float(f.float().abs().mean())
+            raw.fill_(_inverse_softplus(max(SVI_INIT_SCALE * scale, 1e-8)))
+    if tensor.method is not None:
+        energies, counts = tensor.rank_statistics()
+        for b, (e, c) in enumerate(zip(energies, counts, strict=True)):
+            lam_ref = tensor.rank_variances()[b]
+            lam = tensor.prior.map_update(e.to(lam_ref.dtype), c.to(lam_ref.dtype))
+            lam = lam.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
+            if tensor.rank_update == "em":
+                getattr(tensor, f"rank_variance_{b}").copy_(lam)
+            else:
+                getattr(tensor, f"log_rank_variance_{b}").copy_(lam.log())
+        tensor._lambda_versions = tensor._versions()
+    return error
