@@ -18,7 +18,8 @@ from .inference import (
     update_rank_variances,
 )
 from .io import ExportError, load, save
-from .layers import TensorizedConv2d, TensorizedEmbedding, TensorizedLinear
+from .layers import LAYER_TYPES, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, TensorizedMultiheadAttention
+from .onnx_export import export_onnx
 from .priors import available_priors, get_prior
 from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_params
 
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARD",
+    "LAYER_TYPES",
     "CollapseWarning",
     "ExportError",
     "FactorizedTensor",
@@ -33,12 +35,14 @@ __all__ = [
     "TensorizedEmbedding",
     "TensorizedLinear",
     "TensorizedModule",
+    "TensorizedMultiheadAttention",
     "__version__",
     "available_formats",
     "available_priors",
     "count_params",
     "dense_params",
     "expected_calibration_error",
+    "export_onnx",
     "format_summary",
     "from_dense",
     "get_format",

@@ -146,7 +146,14 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
 
     weights, meta_path = _paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, tied, seen = {}, {}, {}
+    for k, v in model.state_dict().items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and key in seen:
+            tied[k] = seen[key]  # a tied weight (an LM head and its embedding) is written once
+            continue
+        seen[key] = k
+        state[k] = v.detach().cpu().contiguous()
     try:
         description = describe(model)
     except ExportError:
@@ -156,7 +163,8 @@ def save(model: nn.Module, path: str | Path, *, config: dict[str, Any] | None = 
         "model": description,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "ranks": _ranks(model),
-        "shapes": {k: list(v.shape) for k, v in state.items()},
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "tied": tied,
         "config": config,
     }
     save_file(state, str(weights))
@@ -176,9 +184,7 @@ def _check_ranks(model: nn.Module, stored: dict[str, list[int]], where: str) -> 
             )
 
 
-def load(
-    path: str | Path, *, model: nn.Module | None = None, map_location: str | torch.device = "cpu"
-) -> nn.Module:
+def load(path: str | Path, *, model: nn.Module | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
     """Load a model written by :func:`save` (stem, either file, or a run folder), in eval mode.
 
     Parameters
@@ -221,6 +227,10 @@ def load(
     else:
         _check_ranks(model, meta.get("ranks", {}), repr(str(meta_path)))
     state = load_file(str(weights), device=str(map_location))
+    for name, source in meta.get("tied", {}).items():
+        if source not in state:
+            raise ExportError(f"{str(weights)!r} lacks {source!r}, which {name!r} is tied to in {meta_path.name}")
+        state[name] = state[source]
     got = {k: list(v.shape) for k, v in state.items()}
     if got != meta["shapes"]:
         raise ExportError(f"{str(weights)!r} does not match {meta_path.name}: tensors or shapes differ")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from . import env, experiments, report, train
 
 COMMANDS = (train, experiments, report, env)
+#: Modules of the ``experiments`` extra (``pip install "bayestensor[experiments]"``) that the commands need.
+EXTRA_MODULES = ("rich", "matplotlib", "sklearn")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in EXTRA_MODULES:
+            raise
+        print(
+            f"bayestensor {args.command}: needs {err.name!r}, part of the experiments extra; install it with "
+            'pip install "bayestensor[experiments]" (or pip install -e ".[experiments]" from a checkout)',
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def _skip_reason(name: str, module: nn.Module, shared: dict[int, list[str]]) -> 
     if layer_type is None:
         base = next(b.__name__ for b in DENSE_BASES if isinstance(module, b))
         return (
-            f"{type(module).__qualname__} is a subclass of nn.{base}; only exact types are converted, since a "
+            f"{type(module).__name__} is a subclass of nn.{base}; only exact types are converted, since a "
             "subclass (or its parent, as nn.MultiheadAttention does with out_proj) may read .weight as a dense tensor"
         )
     reason = layer_type.unsupported_reason(module)

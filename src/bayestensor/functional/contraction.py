@@ -544,7 +544,12 @@ def factorized_linear(
         sq = run_steps(q_steps, [factors[f] for f in q]).reshape(matrices[1]).contiguous()  # group Q
         xm = xt if _is_identity(x_perm) else xt.permute(x_perm)  # (B, stage-1 mode order)
         chunk = chunk if x.device.type == "cpu" else batch  # one pass on GPUs: no cache to fit
-        y = _TwoStageProduct.apply(xm.reshape(batch, dims[0], dims[1]), sp, sq, kinds, dims, chunk)  # (B, ·, ·)
+        xm = xm.reshape(batch, dims[0], dims[1])
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            # graph export (ONNX, torch.export): the same two products, without chunks or in-place buffers
+            y = _stage(_stage(xm, sp, kinds[0]).reshape(batch, dims[2], dims[3]), sq, kinds[1])  # (B, ·, ·)
+        else:
+            y = _TwoStageProduct.apply(xm, sp, sq, kinds, dims, chunk)  # (B, ·, ·)
         y = y.reshape(batch, *y_modes)
         y = y if _is_identity(y_perm) else y.permute(y_perm)  # (B, m_1, ..., m_d)
     else:
