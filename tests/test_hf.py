@@ -25,6 +25,14 @@ def _bert():
     return transformers.BertForSequenceClassification(config)
 
 
+def _llama():
+    config = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
 def _tensorize(model):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -36,6 +44,8 @@ CASES = {
     # GPT-2: every Conv1D (attention c_attn / c_proj, MLP c_fc / c_proj) and the position embedding;
     # the LM head and wte, tied, stay dense
     "gpt2": (_gpt2, lambda ids: {"input_ids": ids, "labels": ids}, 2 * 4 + 1),
+    # LLaMA: q/k/v/o (grouped-query k/v) and gate/up/down projections, the embedding and the LM head
+    "llama": (_llama, lambda ids: {"input_ids": ids, "labels": ids}, 2 * 7 + 2),
     # BERT: every nn.Linear of the blocks and the pooler, and the word / position embeddings
     "bert": (_bert, lambda ids: {"input_ids": ids, "labels": ids[:, 0] % 3}, 2 * 6 + 1 + 2),
 }
