@@ -66,9 +66,9 @@ def tensorize(
     Converted: ``nn.Linear`` (and Hugging Face's GPT-2 ``Conv1D``), ``nn.Conv2d``,
     ``nn.Embedding``, ``nn.EmbeddingBag`` and ``nn.MultiheadAttention`` (all four projections,
     packed or separate Q/K/V; :class:`~bayestensor.layers.TensorizedMultiheadAttention`). A
-    module is replaced when it has at least ``min_params`` parameters, its qualified name
-    matches ``include`` (glob patterns or module-name prefixes; all modules when ``None``) and
-    not ``exclude``. The model is modified in place.
+    module is replaced when it has at least ``min_params`` parameters or is named exactly in
+    ``include``, its qualified name matches ``include`` (glob patterns or module-name prefixes;
+    all modules when ``None``) and not ``exclude``. The model is modified in place.
 
     Types match exactly. Modules of a subclass of those types, modules with unsupported
     settings (``padding_mode="reflect"``, ``max_norm``, ``add_bias_kv``, …) and modules whose
@@ -137,14 +137,14 @@ def tensorize(
             continue
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
+        named = _named_exactly(name, include)
+        if sum(p.numel() for p in module.parameters()) < min_params and not named:
+            continue
         reason = _skip_reason(name, module, shared)
         if reason is not None:
-            if _named_exactly(name, include):
+            if named:
                 raise ValueError(f"tensorize: cannot convert {name!r} ({type(module).__name__}): {reason}")
             skipped.append((name, reason))
-            continue
-        n_params = sum(p.numel() for p in module.parameters())
-        if n_params < min_params:
             continue
         targets[name] = module
         claimed.append(name)
