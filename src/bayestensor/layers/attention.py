@@ -240,11 +240,7 @@ class TensorizedMultiheadAttention(DenseCounterpart, nn.Module):
         ``init`` as for :meth:`TensorizedLinear.from_dense`, per projection (``"random"`` draws each
         at the std of its own dense weight).
         """
-        if not cls.accepts(mha):
-            raise TypeError(f"expected an nn.MultiheadAttention, got {type(mha).__name__}")
-        reason = cls.unsupported_reason(mha)
-        if reason is not None:
-            raise ValueError(f"cannot convert: {reason}")
+        cls.check_convertible(mha)
         if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.chunk(3)  # packed (3E, E)
         else:

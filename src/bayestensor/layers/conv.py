@@ -511,11 +511,7 @@ class TensorizedConv2d(TensorizedModule):
         **kwargs,
     ) -> TensorizedConv2d:
         """A layer started from ``conv`` (zero padding mode only); ``init`` as for linear layers."""
-        if not cls.accepts(conv):
-            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-        reason = cls.unsupported_reason(conv)
-        if reason is not None:
-            raise ValueError(reason)
+        cls.check_convertible(conv)
         layer = cls(
             conv.in_channels,
             conv.out_channels,

@@ -296,11 +296,7 @@ class TensorizedEmbedding(TensorizedModule):
         ``mode``, ``padding_idx`` and ``include_last_offset`` are taken from the source. ``max_norm``
         and ``mode="max"`` are not supported.
         """
-        if not cls.accepts(embedding):
-            raise TypeError(f"expected an nn.Embedding or nn.EmbeddingBag, got {type(embedding).__name__}")
-        reason = cls.unsupported_reason(embedding)
-        if reason is not None:
-            raise ValueError(f"cannot convert: {reason}")
+        cls.check_convertible(embedding)
         is_bag = isinstance(embedding, nn.EmbeddingBag)
         kwargs.setdefault("mode", embedding.mode if is_bag else None)
         kwargs.setdefault("padding_idx", embedding.padding_idx)

@@ -212,8 +212,7 @@ class TensorizedLinear(TensorizedModule):
         scratch). ``max_rank=None`` sizes the ranks from a parameter budget. ``kwargs`` go to the
         constructor (``in_shape``, ``out_shape``, ``method``, ``prior``, …).
         """
-        if not cls.accepts(linear):
-            raise TypeError(f"expected an nn.Linear (or Hugging Face Conv1D), got {type(linear).__name__}")
+        cls.check_convertible(linear)
         weight = linear.weight.T if is_hf_conv1d(linear) else linear.weight  # (out, in)
         layer = cls(
             weight.shape[1],

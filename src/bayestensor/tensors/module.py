@@ -32,6 +32,16 @@ class DenseCounterpart:
         return None
 
     @classmethod
+    def check_convertible(cls, module: nn.Module) -> None:
+        """``TypeError`` unless this type accepts ``module``; ``ValueError`` with the reason if it cannot convert it."""
+        if not cls.accepts(module):
+            names = " or ".join(f"nn.{t.__name__}" for t in cls.dense_types)
+            raise TypeError(f"{cls.__name__}.from_dense expects {names}, got {type(module).__name__}")
+        reason = cls.unsupported_reason(module)
+        if reason is not None:
+            raise ValueError(f"cannot convert this {type(module).__name__}: {reason}")
+
+    @classmethod
     def from_dense(cls, module: nn.Module, **kwargs: Any) -> TensorizedModule:
         """The tensorized counterpart of the dense ``module``."""
         raise NotImplementedError
