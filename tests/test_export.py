@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import bayestensor as bt
-from _layers import example
+from _layers import example, prune_some
 from bayestensor.io import ExportError
 
 # non-default settings every layer type takes (their own extras below)
@@ -23,15 +23,10 @@ OWN = {
 }
 
 
-def _prune_some(model):
-    for i, (_, t) in enumerate(bt.inference.bayesian_tensors(model)):
-        t.truncate_([torch.arange(max(1, r - 1 - (i + b) % 2)) for b, r in enumerate(t.ranks)])
-
-
 @pytest.mark.parametrize("layer_type", bt.LAYER_TYPES, ids=lambda t: t.__name__)
 def test_every_layer_setting_round_trips_through_save_and_load(layer_type, tmp_path):
     _, layer, x, call = example(layer_type, max_rank=6, **SETTINGS, **OWN[layer_type])
-    _prune_some(layer)
+    prune_some(layer)
     model = nn.Sequential(layer).eval()
     bt.save(model, tmp_path / "m")
     back = bt.load(tmp_path / "m")
@@ -62,7 +57,7 @@ def _user_model(max_rank=5):
 
 def test_user_class_saves_and_loads_into_the_rebuilt_model(tmp_path):
     model = _user_model()
-    _prune_some(model)
+    prune_some(model)
     model.eval()
     x = torch.randn(4, 20)
     bt.save(model, tmp_path / "user")
@@ -106,7 +101,7 @@ def test_pruned_model_in_onnx_matches_pytorch(build, shape, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     model = build()
-    _prune_some(model)
+    prune_some(model)
     model.eval()
     path = bt.export_onnx(model, torch.randn(*shape), tmp_path / "m.onnx", input_names=["x"])
     session = ort.InferenceSession(str(path))
