@@ -3,9 +3,10 @@
 python benchmarks/onnx_size.py [RUN_DIR]   (default runs/digits-fc-ttm-map, written by `bayestensor train`)
 
 Loads the run's model (bt.load), exports it with bt.export_onnx (the graph contracts the stored factors),
-builds the dense twin (every TensorizedLinear replaced by nn.Linear holding its full_weight()) and exports
-that too, then runs both in onnxruntime on the digits test images and prints file sizes and the largest
-difference from PyTorch's outputs.
+builds the dense twin (every TensorizedLinear, including the projections of an attention layer, replaced
+by nn.Linear holding its full_weight()) and exports that too, then runs both in onnxruntime on the run's
+test images (its experiment's data, the first 1,000) and prints file sizes and the largest difference from
+PyTorch's outputs.
 """
 
 import sys
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 import bayestensor as bt
-from bayestensor.data import load_digits_split
+from bayestensor.experiments import RunConfig, get_experiment, load_toml, merge
 
 
 def densify(model: nn.Module) -> nn.Module:
@@ -38,7 +39,10 @@ def main() -> None:
     run = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/digits-fc-ttm-map")
     model = bt.load(run)
     twin = densify(bt.load(run))
-    _, _, x_test, _ = load_digits_split()
+    cfg = RunConfig()
+    merge(cfg, load_toml(run / "config.toml"))
+    _, _, x_test, _ = get_experiment(cfg.experiment).load_data(cfg)
+    x_test = x_test[:1000]
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for label, m in (("tensorized", model), ("dense twin", twin)):
             path = bt.export_onnx(m, x_test[:8], Path(tmp) / f"{label}.onnx", input_names=["x"])

@@ -16,8 +16,8 @@ def test_experiments_lists_every_registered_experiment(capsys):
     assert main(["experiments"]) == 0
     out = capsys.readouterr().out
     names = available_experiments()
-    assert {"digits-fc", "mnist-fc", "fashion-mnist-fc", "fashion-mnist-cnn", "cifar10-cnn", "cifar10-resnet",
-            "criteo-dlrm"} <= set(names)  # fmt: skip
+    assert {"digits-fc", "mnist-fc", "fashion-mnist-fc", "fashion-mnist-cnn", "fashion-mnist-vit", "cifar10-cnn",
+            "cifar10-resnet", "criteo-dlrm"} <= set(names)  # fmt: skip
     for name in names:
         assert name in out
 

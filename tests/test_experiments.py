@@ -32,6 +32,7 @@ SMOKE_CASES = {
     "mnist-fc": lambda d: ["--data-dir", str(write_idx_dir(d / "mnist"))],
     "fashion-mnist-fc": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
     "fashion-mnist-cnn": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
+    "fashion-mnist-vit": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
     "cifar10-cnn": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar"))],
     "cifar10-resnet": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar")), "--set", "model.depth=8"],
     "criteo-dlrm": lambda d: ["--data-dir", str(write_criteo_dir(d / "criteo"))],
@@ -76,6 +77,9 @@ def test_smoke_run_writes_a_complete_run_folder(case, tmp_path):
     assert report["experiment"] == name and 0.0 <= report["test_accuracy"] <= 1.0
     assert report["compression"] == pytest.approx(report["dense_params"] / report["params"])
     assert report["layers"], "no tensorized layer reported"
+    layer_dense = sum(row["dense_params"] for row in report["layers"].values())
+    layer_params = sum(row["params"] for row in report["layers"].values())
+    assert report["tensorized_layers_compression"] == pytest.approx(layer_dense / layer_params)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(report["epochs"]))
     for f in ("config.toml", "checkpoint.pt", "report.md", "ranks.png", "params.png", "spectrum.png"):

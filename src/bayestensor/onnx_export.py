@@ -85,6 +85,7 @@ def export_onnx(
                 output_names=list(output_names),
                 dynamic_axes=axes,
                 opset_version=opset_version,
+                do_constant_folding=False,  # folding would store each reconstructed dense W in the file
                 dynamo=False,
             )
     finally:

@@ -106,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     metric = f"test AUC {report['test_auc']:.4f}  accuracy" if "test_auc" in report else "test accuracy"
+    layers = report.get("tensorized_layers_compression")
     print(
         f"{report['experiment']} [{report['format']}/{report['method']}]  "
         f"{metric} {report['test_accuracy']:.4f}  params {report['params']:,}  "
-        f"dense params {report['dense_params']:,}  compression {report['compression']:.1f}x  "
-        f"({report['train_seconds']:.1f}s)\nreport: {report['run_dir']}/report.json"
+        f"dense params {report['dense_params']:,}  compression {report['compression']:.1f}x"
+        + (f" (tensorized layers {layers:.1f}x)" if layers else "")
+        + f"  ({report['train_seconds']:.1f}s)\nreport: {report['run_dir']}/report.json"
     )
     if report.get("collapsed_layers"):
         print(

@@ -1,6 +1,6 @@
 """Built-in experiments of the papers, their configuration, training loop and reports."""
 
-from . import cnn, digits, dlrm, mnist, resnet  # noqa: F401  (each registers its experiments)
+from . import cnn, digits, dlrm, mnist, resnet, vit  # noqa: F401  (each registers its experiments)
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import ConfigError, RunConfig, apply_override, load_toml, merge
 from .registry import Experiment, available_experiments, default_config, get_experiment, register_experiment

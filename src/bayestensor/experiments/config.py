@@ -26,8 +26,9 @@ class ModelConfig:
     hidden: int = 256
     dropout: float = 0.0
     width: float = 1.0  # channel multiplier of the CNNs and ResNets (--smoke shrinks it)
-    depth: int = 20  # CIFAR ResNet depth: 6n + 2 (20, 32, 110, ...)
-    embedding_dim: int = 128  # DLRM
+    depth: int = 20  # CIFAR ResNet depth: 6n + 2 (20, 32, 110, ...); ViT blocks
+    heads: int = 4  # ViT attention heads
+    embedding_dim: int = 128  # DLRM embedding width; ViT token width
     bottom_mlp: str = "512-256-128"  # DLRM: hidden sizes after the 13 dense features; the last is embedding_dim
     top_mlp: str = "512-256-1"  # DLRM: sizes after the interaction features
     tensorized_tables: int = 5  # DLRM: how many of the largest tables are tensorized

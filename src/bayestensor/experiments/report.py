@@ -47,6 +47,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"| params at max rank | {report.get('initial_params', report['params']):,} |",
         f"| dense params | {report['dense_params']:,} |",
         f"| compression | {report['compression']:.2f}x |",
+        *(
+            [
+                f"| tensorized layers: compression | {report['tensorized_layers_compression']:.2f}x "
+                f"({report['tensorized_layers_dense_params']:,} → {report['tensorized_layers_params']:,}) |"
+            ]
+            if report.get("tensorized_layers_compression")
+            else []
+        ),
         f"| prune threshold (relative λ) | {report.get('prune_threshold')} |",
         f"| epochs | {report['epochs']} |",
         f"| train seconds | {report['train_seconds']:.1f} |",

@@ -224,6 +224,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     params = count_params(model)
     dense = dense_params(model)
     layers = layer_table(model, initial_ranks, initial_rms)
+    tensorized_dense = sum(row["dense_params"] for row in layers.values())
+    tensorized_stored = sum(row["params"] for row in layers.values())
     report = {
         "experiment": cfg.experiment,
         "format": "dense" if cfg.model.dense else cfg.model.format,
@@ -237,6 +239,9 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "params_before_prune": params_before,
         "params": params,
         "compression": dense / params,
+        "tensorized_layers_dense_params": tensorized_dense,
+        "tensorized_layers_params": tensorized_stored,
+        "tensorized_layers_compression": tensorized_dense / tensorized_stored if tensorized_stored else None,
         "layers": layers,
         "collapsed_layers": [name for name, row in layers.items() if row.get("collapsed")],
         "spectra": _lambda_spectra(model),
