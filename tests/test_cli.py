@@ -140,3 +140,28 @@ def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):
     assert made[0].tolerance == 0.05 and made[0].constraint.loss_steps > 0  # the controller saw the losses
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path / "off")]) == 0
     assert made[1].tolerance is None and made[1].constraint.loss_steps == 0
+
+
+def test_plots_of_many_layers_put_the_legend_beside_the_axes(tmp_path):
+    """A model with dozens of layer bonds (a ViT has 48) gets readable plots, without matplotlib's layout warning."""
+    import warnings
+
+    from matplotlib.image import imread
+
+    from bayestensor.experiments.report import write_report
+
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["ranks"] = {f"blocks.layers.{i}.self_attn.q_proj": [8, 8] for i in range(30)}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = json.loads((run / "report.json").read_text())
+    report["spectra"] = {f"blocks.layers.{i}.linear1": [[1.0, 0.5, 1e-4]] for i in range(30)}
+    (run / "report.json").write_text(json.dumps(report))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(run)
+    for name in ("ranks.png", "spectrum.png"):
+        height, width = imread(run / name).shape[:2]
+        assert width > 1.5 * height  # 6 x 4 inches at 100 dpi, widened by the legend's columns beside it

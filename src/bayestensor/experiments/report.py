@@ -10,6 +10,11 @@ from matplotlib.figure import Figure  # object API: no pyplot, no global backend
 
 from .run_state import COLLAPSE_RATIO
 
+#: Most legend entries drawn inside the axes; a plot with more lines (one per layer and bond, e.g. a ViT's 48)
+#: gets its legend beside the axes, in columns of at most :data:`LEGEND_ROWS` entries.
+LEGEND_INSIDE = 12
+LEGEND_ROWS = 24
+
 
 class ReportError(ValueError):
     """A run folder without a readable report."""
@@ -95,6 +100,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _save_with_legend(fig: Figure, ax: Any, path: Path) -> None:
+    """Save ``fig`` with the legend of ``ax``: inside for a few lines, beside the axes in columns for many."""
+    count = len(ax.get_legend_handles_labels()[0])
+    if count <= LEGEND_INSIDE:
+        if count:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=-(-count // LEGEND_ROWS))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
 def _plot_history(run_dir: Path, metrics: list[dict[str, Any]]) -> list[str]:
     if not metrics:
         return []
@@ -105,10 +123,7 @@ def _plot_history(run_dir: Path, metrics: list[dict[str, Any]]) -> list[str]:
         for b in range(len(metrics[-1]["ranks"][layer])):
             ax.plot(epochs, [m["ranks"].get(layer, [0] * (b + 1))[b] for m in metrics], label=f"{layer} bond {b}")
     ax.set(xlabel="epoch", ylabel="rank", title="ranks per layer and bond")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "ranks.png", dpi=100)
+    _save_with_legend(fig, ax, run_dir / "ranks.png")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(epochs, [m["params"] for m in metrics])
@@ -129,9 +144,7 @@ def _plot_spectra(run_dir: Path, report: dict[str, Any]) -> list[str]:
             ax.semilogy(range(1, len(spectrum) + 1), spectrum, marker="o", label=f"{layer} bond {b}")
     ax.axhline(report.get("prune_threshold", 1e-3), color="k", linestyle="--", linewidth=0.8, label="threshold")
     ax.set(xlabel="rank index (sorted)", ylabel="λ / max λ", title="rank-variance spectra at the end")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "spectrum.png", dpi=100)
+    _save_with_legend(fig, ax, run_dir / "spectrum.png")
     return ["spectrum.png"]
 
 
