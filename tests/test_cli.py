@@ -127,7 +127,56 @@ def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsy
     assert "train.tolerance: expected 0 (off) or a relative loss rise > 0, got -0.1" in err
     err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--epochs", "1"])  # the default warm-up is 12
     assert "longer than the run" in err
+    err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "data.validation=40"])
+    assert "data.validation=40 holds examples out to prune within train.tolerance, which is 0 (off)" in err
+    smoke_tol = ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.tolerance=0.01"]
+    err = _error(capsys, [*smoke_tol, "--set", "data.validation=256"])
+    assert "data.validation: expected between 1 and 255 held-out examples (the training set has 256), got 256" in err
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == saved
+    criteo = ["train", "criteo-dlrm", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "c")]
+    err = _error(capsys, [*criteo, "--set", "train.tolerance=0.01", "--set", "data.validation=100"])
+    assert "data.validation holds out synthetic rows only (--synthetic)" in err
+
+
+@pytest.mark.parametrize("case", ["digits-fc", "criteo-dlrm --synthetic"])
+def test_validation_examples_decide_pruning_within_the_tolerance(case, tmp_path, monkeypatch):
+    """``data.validation`` holds examples out of training; their loss is what ``prune`` keeps within the tolerance."""
+    import torch
+    import torch.nn.functional as F
+
+    from bayestensor.experiments import default_config, get_experiment
+    from bayestensor.experiments.classification import hold_out
+    from bayestensor.inference import ard as ard_module
+
+    name, *flags = case.split()
+    calls = []
+    original = ard_module.prune
+
+    def recording_prune(model, *args, **kwargs):
+        calls.append((model, kwargs["evaluate"], kwargs["tolerance"]))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(ard_module, "prune", recording_prune)
+    held = ["--set", "data.validation=40", "--set", "train.tolerance=0.05"]
+    assert main(["train", name, *flags, "--smoke", "--quiet", "--out", str(tmp_path), *held]) == 0
+    (run,) = tmp_path.iterdir()
+    report = json.loads((run / "report.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert calls and all(evaluate is not None and tolerance == 0.05 for _, evaluate, tolerance in calls)
+    assert report["validation_examples"] == 40 and all(row["validation_loss"] > 0 for row in rows)
+    if name != "digits-fc":
+        return
+    cfg = default_config(name)
+    get_experiment(name).smoke(cfg)
+    x, y, _, _ = get_experiment(name).load_data(cfg)
+    x_train, _, x_val, y_val = hold_out(x, y, 40)
+    assert report["prior_rows"] == len(x_train) == len(x) - 40
+    assert not (x_val[:, None] == x_train[None]).all(-1).any()  # no held-out image is trained on
+    model = calls[-1][0]
+    model.eval()
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model(x_val).double(), y_val))
+    assert abs(calls[-1][1]() - expected) < 1e-9
 
 
 def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):

@@ -414,6 +414,8 @@ def test_synthetic_clicks_shapes_ranges_and_determinism():
     assert not torch.equal(b.sparse, batches[0].sparse)
     test = SyntheticClicks(num_batches=3, batch_size=256, seed=7, split="test").batch(1)
     assert not torch.equal(b.sparse, test.sparse)
+    validation = SyntheticClicks(num_batches=3, batch_size=256, seed=7, split="validation").batch(1)
+    assert not torch.equal(b.sparse, validation.sparse) and not torch.equal(test.sparse, validation.sparse)
     shard = list(SyntheticClicks(num_batches=3, batch_size=256, seed=7, rank=1, world_size=2))
     assert len(shard) == 1 and torch.equal(shard[0].dense, b.dense)
 

@@ -50,7 +50,7 @@ from ..formats import tensorized_shape
 from .click_batch import NUM_DENSE, NUM_SPARSE, ClickBatch
 from .criteo import KAGGLE_CARDINALITIES, check_cardinalities
 
-_SPLIT_STREAM = {"train": 0, "test": 1}
+_SPLIT_STREAM = {"train": 0, "test": 1, "validation": 2}
 TEACHERS = ("hashed", "tt")
 _TEACHER_STREAM = 0x7EAC4E12
 _CALIBRATION_ROWS = 4096
@@ -98,7 +98,7 @@ class SyntheticClicks:
     seed
         Fixes the teacher and the data; same seed, same everything.
     split
-        ``"train"`` or ``"test"``: same teacher, independent rows.
+        ``"train"``, ``"test"`` or ``"validation"``: same teacher, independent rows.
     cardinalities
         Sizes of the 26 tables; default :data:`~bayestensor.data.criteo.KAGGLE_CARDINALITIES`.
     zipf_exponent

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..inference import ARD, expected_calibration_error, negative_log_likelihood, predict
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .distributed import DistContext
 from .progress import Console
 from .registry import Experiment
@@ -41,19 +41,55 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int = 1, batch
     )
 
 
+#: Seed of the permutation that picks the ``data.validation`` examples: the same held-out set for every run seed.
+VALIDATION_SEED = 20_221_003
+
+
+def hold_out(x: Tensor, y: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_validation, y_validation)``: ``count`` examples drawn out of the training set.
+
+    The held-out examples are a seeded random draw (:data:`VALIDATION_SEED`, whatever the order of
+    the files); the rest keep their order.
+    """
+    if not 0 < count < len(x):
+        raise ConfigError(
+            f"data.validation: expected between 1 and {len(x) - 1} held-out examples (the training set has "
+            f"{len(x)}), got {count}"
+        )
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(VALIDATION_SEED)).to(x.device)
+    held, keep = perm[:count], perm[count:].sort().values
+    return x[keep], y[keep], x[held], y[held]
+
+
 class ClassificationTask:
     """Mini-batch cross-entropy training on tensors held in memory, sharded over processes.
 
     Every epoch draws a permutation from ``(seed, epoch)`` alone (so a resumed run sees the same
     batches); process ``rank`` of ``world_size`` takes positions ``rank, rank + world_size, …`` of
-    it, the same number on every process.
+    it, the same number on every process. With ``data.validation = k`` the training set loses
+    ``k`` examples (:func:`hold_out`), whose cross-entropy decides pruning (:meth:`validation_loss`).
     """
 
     def __init__(self, exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.device) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.xtr, self.ytr, self.xte, self.yte = (t.to(device) for t in exp.load_data(cfg))
+        self.validation = None
+        if cfg.data.validation:
+            self.xtr, self.ytr, *self.validation = hold_out(self.xtr, self.ytr, cfg.data.validation)
         self.num_train = len(self.xtr)
         self.device = device
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, batch_size: int = 2048) -> float:
+        """Mean cross-entropy of the posterior mean (eval mode) on the held-out examples; training mode after."""
+        x, y = self.validation
+        model.eval()
+        total = sum(
+            float(F.cross_entropy(model(x[i : i + batch_size]).double(), y[i : i + batch_size], reduction="sum"))
+            for i in range(0, len(x), batch_size)
+        )
+        model.train()
+        return total / len(x)
 
     def train_epoch(
         self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console

@@ -37,7 +37,7 @@ class ClicksTask:
 
     def __init__(self, exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.device) -> None:
         self.cfg, self.ctx, self.device = cfg, ctx, device
-        self.train, self.test = exp.load_data(cfg)
+        self.train, self.test, self.validation = exp.load_data(cfg)
         if isinstance(self.train.source, SyntheticClicks):
             self.num_train = split_bounds(KAGGLE_ROWS, "train")[1]
         else:
@@ -86,6 +86,12 @@ class ClicksTask:
             logits.append(out.float().cpu())
             labels.append(label.cpu())
         return torch.cat(logits), torch.cat(labels)
+
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean BCE of the posterior mean on the held-out ``data.validation`` rows (same on every process)."""
+        logits, labels = self._scores(model, self.validation)
+        model.train()
+        return binary_log_loss(logits, labels)
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         """Test AUC, accuracy and log loss of the posterior mean."""

@@ -62,6 +62,7 @@ class DataConfig:
     data_dir: str = ""
     test_fraction: float = 0.25
     limit: int = 0  # 0 = all examples; --smoke sets a small number
+    validation: int = 0  # training examples held out to decide pruning by their loss (needs train.tolerance > 0)
     synthetic: bool = False  # DLRM: synthetic clicks (true Kaggle cardinalities) instead of train.txt
     max_rows: int = 0  # DLRM: read only the first max_rows lines of train.txt (0 = the whole file)
     train_batches: int = 200  # DLRM synthetic: batches per epoch (all processes together)

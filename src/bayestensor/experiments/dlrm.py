@@ -69,10 +69,15 @@ class ClickStream:
         return itertools.islice(iter(self.source), self.steps)
 
 
-def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]:
+def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle, SyntheticClicks | None]:
     ctx = current()
     cards = cardinalities(cfg)
     bs = cfg.train.batch_size
+    if cfg.data.validation and not cfg.data.synthetic:
+        raise ConfigError(
+            "criteo-dlrm: data.validation holds out synthetic rows only (--synthetic); a held-out part of "
+            f"train.txt is not implemented, got data.validation={cfg.data.validation}"
+        )
     if cfg.data.synthetic:
         teacher = {
             "seed": cfg.train.seed,
@@ -83,7 +88,9 @@ def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]
         }
         train = SyntheticClicks(cfg.data.train_batches, bs, rank=ctx.rank, world_size=ctx.world_size, **teacher)
         test = SyntheticClicks(cfg.data.test_batches, bs, split="test", **teacher)
-        return ClickStream(train, cfg.data.train_batches // ctx.world_size, ctx.rank, ctx.world_size), test
+        held = -(-cfg.data.validation // bs)  # whole batches of fresh rows from the same teacher
+        validation = SyntheticClicks(held, bs, split="validation", **teacher) if held else None
+        return ClickStream(train, cfg.data.train_batches // ctx.world_size, ctx.rank, ctx.world_size), test, validation
     if not cfg.data.data_dir:
         raise ConfigError("criteo-dlrm needs --data-dir (the folder with Criteo Kaggle's train.txt) or --synthetic")
     max_rows = cfg.data.max_rows or None
@@ -105,7 +112,7 @@ def _data(cfg: RunConfig) -> tuple[ClickStream, list[ClickBatch] | CriteoKaggle]
             f"({bs} x {ctx.world_size}); lower --batch-size or raise data.max_rows"
         )
     limited = list(itertools.islice(iter(test), cfg.data.test_batches)) if cfg.data.test_batches else test
-    return ClickStream(train, steps, ctx.rank, ctx.world_size), limited
+    return ClickStream(train, steps, ctx.rank, ctx.world_size), limited, None
 
 
 #: The dense twin (``--dense``) is refused when its tables alone would need more memory than this.

@@ -26,9 +26,10 @@ class Experiment:
         Sets the experiment's default hyper-parameters on a fresh :class:`RunConfig`.
     load_data
         For ``task="classification"``: returns ``(x_train, y_train, x_test, y_test)`` tensors.
-        For ``task="clicks"``: returns ``(train, test)``, re-iterable streams of
+        For ``task="clicks"``: returns ``(train, test, validation)``, re-iterable streams of
         :class:`~bayestensor.data.ClickBatch` (the training stream already sharded for this
-        process, see :mod:`bayestensor.experiments.distributed`).
+        process, see :mod:`bayestensor.experiments.distributed`; ``validation`` is ``None``
+        unless ``data.validation`` holds examples out).
     build_model
         Builds the (tensorized or, with ``model.dense``, dense) model.
     smoke

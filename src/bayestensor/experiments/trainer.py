@@ -44,10 +44,13 @@ class Task(Protocol):
     """What the loop needs from a task."""
 
     num_train: int
+    validation: Any  # the held-out examples of ``data.validation``, or ``None``
 
     def train_epoch(
         self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
     ) -> dict[str, float]: ...
+
+    def validation_loss(self, model: nn.Module) -> float: ...
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]: ...
 
@@ -70,6 +73,11 @@ def make_ard(
     t = cfg.train
     if not t.tolerance >= 0:
         raise ConfigError(f"train.tolerance: expected 0 (off) or a relative loss rise > 0, got {t.tolerance!r}")
+    if cfg.data.validation and not t.tolerance > 0:
+        raise ConfigError(
+            f"data.validation={cfg.data.validation} holds examples out to prune within train.tolerance, which is "
+            "0 (off); set train.tolerance too (for example --set train.tolerance=0.01)"
+        )
     bayes = bool(bayesian_tensors(model))
     with warnings.catch_warnings():
         if not bayes:  # a dense twin: nothing to determine, no schedule to check, nothing to warn about
@@ -164,6 +172,9 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     net = wrap(model, ctx)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
+    validating = bayes and task.validation is not None
+    evaluate = (lambda: task.validation_loss(model)) if validating else None  # pruning within train.tolerance
+
     t0 = time.perf_counter() - elapsed
     before, params_before = None, 0
     for epoch in range(start, cfg.train.epochs):
@@ -171,7 +182,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         losses = task.train_epoch(net, ard, optimizer, epoch, console)
         if epoch + 1 == cfg.train.epochs:
             before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
-        report_prune = ard.end_epoch() if bayes else None
+        report_prune = ard.end_epoch(evaluate) if bayes else None
         pruned = report_prune.changed if report_prune is not None else None
         if pruned:
             net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
@@ -180,6 +191,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             **losses,
             "kl_weight": beta,
             **task.epoch_metrics(model),
+            **({"validation_loss": evaluate()} if validating else {}),
             "params": count_params(model),
             "ranks": ranks(model),
             "pruned": pruned,
@@ -247,6 +259,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "spectra": _lambda_spectra(model),
         "prune_threshold": cfg.train.prune_threshold,
         "prior_rows": task.num_train,
+        "validation_examples": cfg.data.validation,
         "epochs": cfg.train.epochs,
         "train_seconds": train_seconds,
         **task.report_extras(model, history),
