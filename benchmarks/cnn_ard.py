@@ -123,6 +123,8 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
     ard = None
     if bayes:
         kw = {"kl_weight": args.kl_weight, "target_compression": target, "tolerance": args.tolerance}
+        if args.finetune is not None:
+            kw["finetune_epochs"] = args.finetune
         ard = bt.ARD(net, opt, num_data=len(xtr), epochs=args.epochs, **kw)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
@@ -166,6 +168,7 @@ def main() -> None:
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
     p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")
+    p.add_argument("--finetune", type=float, default=None, help="ARD finetune_epochs (default: ARD's own)")
     p.add_argument("--holdout", type=int, default=0, help="hold out this many training images; prune by their loss")
     p.add_argument("--curve", default="", help="comma-separated targets: MAP runs at each, plotted to --plot")
     p.add_argument("--plot", default="compression_accuracy.png")

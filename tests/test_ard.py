@@ -117,6 +117,46 @@ def test_warm_up_schedule_follows_the_run():
     assert seen[0] == 0 and seen[-1] == 0.5
 
 
+def test_finetune_turns_the_prior_off_and_freezes_the_ranks_for_the_last_epochs():
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=10, epochs=10, kl_weight=0.5, steps_per_epoch=4, finetune_epochs=3)
+    seen, passes, ranks = [], [], []
+    x, y = data(8)
+    for epoch in range(10):
+        for _ in range(4):
+            seen.append(ard.beta)
+            loss = F.mse_loss(model(x), y)
+            if epoch >= 7:
+                assert torch.equal(ard.loss(loss), loss)  # no prior term in the fine-tune
+            opt.zero_grad()
+            ard.loss(loss).backward()
+            opt.step()
+        if ard.end_epoch() is not None:
+            passes.append(epoch)
+        ranks.append(bt.ranks(model))
+    expected = [bt.kl_weight(s / 4, no_kl_epochs=1, warmup_epochs=2, max_weight=0.5) for s in range(28)]
+    assert seen == pytest.approx(expected + [0.0] * 12)
+    assert passes == [1, 2, 3, 4, 5, 6]  # pruning from the first epoch with the prior on; the last pass ends epoch 7
+    assert ranks[6] == ranks[7] == ranks[8] == ranks[9]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_finetune_refits_the_weights_the_prior_shrank_at_the_ranks_it_found(fmt):
+    """At the Bayesian weight the prior shrinks the kept components; a fine-tune fits them to the noise floor."""
+
+    def fit(finetune):
+        layer, x, y, opt = planted_layer(fmt, rank=2)
+        ard = bt.ARD(layer, opt, num_data=len(x), epochs=60, finetune_epochs=finetune)
+        train(ard, opt, layer, x, y, lambda a, b: F.mse_loss(a, b, reduction="sum") / len(a), epochs=60, batch_size=32)
+        with torch.no_grad():
+            return float((layer(x) - y).norm() / y.norm()), bt.ranks(layer)
+
+    (shrunk, ranks), (refit, ranks_refit) = fit(0), fit(10)
+    assert ranks == ranks_refit
+    assert refit < 0.01 < shrunk  # the teacher's noise is 0.3 % of its output; shrinkage left 1-5 %
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -131,6 +171,9 @@ def test_warm_up_schedule_follows_the_run():
         ({"tolerance": -0.01}, "tolerance must be a finite number > 0"),
         ({"tolerance": 0.0}, "tolerance must be a finite number > 0"),
         ({"tolerance": float("nan")}, "tolerance must be a finite number > 0"),
+        ({"finetune_epochs": -1}, "finetune_epochs must be >= 0 and shorter than the run"),
+        ({"finetune_epochs": 5}, "finetune_epochs must be >= 0 and shorter than the run"),
+        ({"finetune_epochs": 2, "no_kl_epochs": 2, "warmup_epochs": 2}, "finetune_epochs=2 are longer than the run"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

@@ -50,6 +50,7 @@ class TrainConfig:
     prune_start: int = 5
     prune_threshold: float = 1e-3
     tolerance: float = 0.0  # bt.ARD(tolerance=...): allowed relative rise of the training loss; 0 = off
+    finetune_epochs: int = 0  # bt.ARD(finetune_epochs=...): last epochs with the prior off and the ranks fixed
     predict_samples: int = 32
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads per process; 0 leaves the default

@@ -69,7 +69,7 @@ def make_task(exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.d
 def make_ard(
     model: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, num_train: int, ctx: DistContext
 ) -> ARD:
-    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, its warm-up, pruning schedule and tolerance."""
+    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, warm-up, pruning schedule, tolerance, fine-tune."""
     t = cfg.train
     if not t.tolerance >= 0:
         raise ConfigError(f"train.tolerance: expected 0 (off) or a relative loss rise > 0, got {t.tolerance!r}")
@@ -95,6 +95,7 @@ def make_ard(
             prune_threshold=t.prune_threshold,
             process_group=process_group(ctx),
             tolerance=t.tolerance if bayes and t.tolerance > 0 else None,
+            finetune_epochs=t.finetune_epochs if bayes else 0,
         )
 
 

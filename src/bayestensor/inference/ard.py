@@ -62,6 +62,12 @@ What it does:
   that are back-propagated count and evaluating :meth:`loss` still changes no state.
   With ``end_epoch(evaluate=...)`` the same tolerance also decides pruning: a pass removes the
   weakest components for as long as the evaluated (held-out) loss stays within ``τ`` of its value.
+* **Fine-tune** (``finetune_epochs=k``). In the last ``k`` epochs the prior is off
+  (``β = 0``) and nothing is pruned: the ranks are those of the last pruning pass, at the end of
+  epoch ``epochs − k``, and the weights are fitted at those ranks. The prior's pull
+  ``β D / (N s)`` shrinks every kept component too (ARD's posterior mode is a shrunk fit, as
+  under weight decay), which costs accuracy the data could support at the ranks found; the
+  fine-tune gives it back without changing what was pruned.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
   nothing irreversible happens to it; :attr:`collapsed` lists those layers.
@@ -176,6 +182,9 @@ class ARD:
         over its best value that the prior may cause (``0.01`` = 1 %); ``β`` is scaled down while
         the rise is larger and back up to the schedule while it is smaller (see the module
         docstring). ``None`` (default): ``β`` follows the schedule alone. Must be ``> 0``.
+    finetune_epochs
+        The last epochs of the run train with the prior off and the ranks fixed (module docstring);
+        ``0`` (default): the prior stays on to the end. Counts towards the run with the warm-up.
     """
 
     def __init__(
@@ -195,6 +204,7 @@ class ARD:
         process_group: Any = None,
         target_compression: float | None = None,
         tolerance: float | None = None,
+        finetune_epochs: float = 0.0,
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
@@ -215,10 +225,16 @@ class ARD:
             raise ValueError(
                 f"no_kl_epochs and warmup_epochs must be >= 0, got {self.no_kl_epochs} and {self.warmup_epochs}"
             )
-        if self.no_kl_epochs + self.warmup_epochs > epochs:
+        if not (isinstance(finetune_epochs, int | float) and 0 <= finetune_epochs < epochs):
             raise ValueError(
-                f"the KL warm-up (no_kl_epochs={self.no_kl_epochs:g} + warmup_epochs={self.warmup_epochs:g}) is longer "
-                f"than the run (epochs={epochs}); shorten it or train longer"
+                f"finetune_epochs must be >= 0 and shorter than the run ({epochs}), got {finetune_epochs!r}"
+            )
+        self.finetune_epochs = float(finetune_epochs)
+        if self.no_kl_epochs + self.warmup_epochs + self.finetune_epochs > epochs:
+            raise ValueError(
+                f"the KL warm-up (no_kl_epochs={self.no_kl_epochs:g} + warmup_epochs={self.warmup_epochs:g}) and "
+                f"finetune_epochs={self.finetune_epochs:g} are longer than the run (epochs={epochs}); shorten them "
+                "or train longer"
             )
         bad_start = isinstance(prune_start, bool) or not isinstance(prune_start, int) or prune_start < 0
         if prune_start is not None and bad_start:
@@ -261,7 +277,14 @@ class ARD:
     def scheduled_beta(self) -> float:
         """The warm-up schedule's KL weight ``β_sched(t)`` of the current step."""
         t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
+        if self.finetuning:
+            return 0.0
         return kl_weight(t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight)
+
+    @property
+    def finetuning(self) -> bool:
+        """Whether the current epoch is one of the last ``finetune_epochs`` (prior off, ranks fixed)."""
+        return self.epoch >= self.epochs - self.finetune_epochs
 
     @property
     def beta_scale(self) -> float:
@@ -323,8 +346,9 @@ class ARD:
         """Factor parameters the Bayesian layers may hold after pruning at ``epoch`` (``None``: no target)."""
         if self.target_compression is None:
             return None
-        end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * self.epochs) - 1)
-        if epoch >= end or epoch + 1 >= self.epochs:
+        ard_epochs = self.epochs - self.finetune_epochs  # the fine-tune keeps the ranks of the last pass
+        end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * ard_epochs) - 1)
+        if epoch >= end or epoch + 1 >= ard_epochs:
             frac = 1.0
         else:
             frac = (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
@@ -373,7 +397,9 @@ class ARD:
         if not self.tensors:
             return None
         self._check_collapse()
-        last = epoch + 1 >= self.epochs
+        if epoch >= self.epochs - self.finetune_epochs:
+            return None  # the ranks were fixed when the fine-tune began
+        last = epoch + 1 >= self.epochs - self.finetune_epochs
         due = epoch >= self.prune_start and (epoch - self.prune_start) % self.prune_every == 0
         if not (due or last):
             return None
