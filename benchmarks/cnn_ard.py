@@ -1,7 +1,8 @@
 """CNNs a user writes, tensorized from scratch with bt.tensorize and trained through bt.ARD on real Fashion-MNIST.
 
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
-                             [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--smoke]
+                             [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--finetune K]
+                             [--threads N] [--smoke]
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
