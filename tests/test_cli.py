@@ -176,7 +176,7 @@ def test_validation_examples_decide_pruning_within_the_tolerance(case, tmp_path,
     model.eval()
     with torch.no_grad():
         expected = float(F.cross_entropy(model(x_val).double(), y_val))
-    assert abs(calls[-1][1]() - expected) < 1e-9
+    assert abs(calls[-1][1]() - expected) < 1e-6 * expected  # float32 softmax probabilities against float64 logits
 
 
 def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):

@@ -79,17 +79,11 @@ class ClassificationTask:
         self.num_train = len(self.xtr)
         self.device = device
 
-    @torch.no_grad()
-    def validation_loss(self, model: nn.Module, batch_size: int = 2048) -> float:
-        """Mean cross-entropy of the posterior mean (eval mode) on the held-out examples; training mode after."""
-        x, y = self.validation
-        model.eval()
-        total = sum(
-            float(F.cross_entropy(model(x[i : i + batch_size]).double(), y[i : i + batch_size], reduction="sum"))
-            for i in range(0, len(x), batch_size)
-        )
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean cross-entropy (NLL) of the posterior mean on the held-out examples; leaves training mode on."""
+        nll = evaluate(model, *self.validation).nll
         model.train()
-        return total / len(x)
+        return nll
 
     def train_epoch(
         self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console

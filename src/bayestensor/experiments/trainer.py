@@ -174,7 +174,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
     validating = bayes and task.validation is not None
-    evaluate = (lambda: task.validation_loss(model)) if validating else None  # pruning within train.tolerance
+    held_out_loss = (lambda: task.validation_loss(model)) if validating else None  # pruning within train.tolerance
 
     t0 = time.perf_counter() - elapsed
     before, params_before = None, 0
@@ -183,7 +183,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         losses = task.train_epoch(net, ard, optimizer, epoch, console)
         if epoch + 1 == cfg.train.epochs:
             before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
-        report_prune = ard.end_epoch(evaluate) if bayes else None
+        report_prune = ard.end_epoch(held_out_loss) if bayes else None
         pruned = report_prune.changed if report_prune is not None else None
         if pruned:
             net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
@@ -192,7 +192,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             **losses,
             "kl_weight": beta,
             **task.epoch_metrics(model),
-            **({"validation_loss": evaluate()} if validating else {}),
+            **({"validation_loss": held_out_loss()} if validating else {}),
             "params": count_params(model),
             "ranks": ranks(model),
             "pruned": pruned,
