@@ -225,7 +225,9 @@ class ARD:
             raise ValueError(
                 f"no_kl_epochs and warmup_epochs must be >= 0, got {self.no_kl_epochs} and {self.warmup_epochs}"
             )
-        if not (isinstance(finetune_epochs, int | float) and 0 <= finetune_epochs < epochs):
+        if isinstance(finetune_epochs, bool) or not (
+            isinstance(finetune_epochs, int | float) and 0 <= finetune_epochs < epochs
+        ):
             raise ValueError(
                 f"finetune_epochs must be >= 0 and shorter than the run ({epochs}), got {finetune_epochs!r}"
             )
@@ -276,15 +278,20 @@ class ARD:
     @property
     def scheduled_beta(self) -> float:
         """The warm-up schedule's KL weight ``β_sched(t)`` of the current step."""
-        t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
         if self.finetuning:
             return 0.0
+        t = self.epoch + (self.step_in_epoch / self.steps_per_epoch if self.steps_per_epoch else 0.0)
         return kl_weight(t, no_kl_epochs=self.no_kl_epochs, warmup_epochs=self.warmup_epochs, max_weight=self.kl_weight)
+
+    @property
+    def ard_epochs(self) -> float:
+        """Epochs with the prior and pruning: the run less its ``finetune_epochs``."""
+        return self.epochs - self.finetune_epochs
 
     @property
     def finetuning(self) -> bool:
         """Whether the current epoch is one of the last ``finetune_epochs`` (prior off, ranks fixed)."""
-        return self.epoch >= self.epochs - self.finetune_epochs
+        return self.epoch >= self.ard_epochs
 
     @property
     def beta_scale(self) -> float:
@@ -346,9 +353,8 @@ class ARD:
         """Factor parameters the Bayesian layers may hold after pruning at ``epoch`` (``None``: no target)."""
         if self.target_compression is None:
             return None
-        ard_epochs = self.epochs - self.finetune_epochs  # the fine-tune keeps the ranks of the last pass
-        end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * ard_epochs) - 1)
-        if epoch >= end or epoch + 1 >= ard_epochs:
+        end = max(self.prune_start, math.ceil(TARGET_REACHED_AT * self.ard_epochs) - 1)
+        if epoch >= end or epoch + 1 >= self.ard_epochs:
             frac = 1.0
         else:
             frac = (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
@@ -397,9 +403,9 @@ class ARD:
         if not self.tensors:
             return None
         self._check_collapse()
-        if epoch >= self.epochs - self.finetune_epochs:
+        if epoch >= self.ard_epochs:
             return None  # the ranks were fixed when the fine-tune began
-        last = epoch + 1 >= self.epochs - self.finetune_epochs
+        last = epoch + 1 >= self.ard_epochs
         due = epoch >= self.prune_start and (epoch - self.prune_start) % self.prune_every == 0
         if not (due or last):
             return None
