@@ -35,6 +35,7 @@ SMOKE_CASES = {
     "fashion-mnist-vit": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
     "cifar10-cnn": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar"))],
     "cifar10-resnet": lambda d: ["--data-dir", str(write_cifar_dir(d / "cifar")), "--set", "model.depth=8"],
+    "fashion-mnist-resnet": lambda d: ["--data-dir", str(write_idx_dir(d / "fashion"))],
     "criteo-dlrm": lambda d: ["--data-dir", str(write_criteo_dir(d / "criteo"))],
     "criteo-dlrm --synthetic": lambda d: ["--synthetic"],
 }

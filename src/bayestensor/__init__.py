@@ -7,7 +7,10 @@ from .conversion import format_summary, from_dense, tensorize
 from .formats import available_formats, get_format
 from .inference import (
     ARD,
+    SGHMC,
+    SVGD,
     CollapseWarning,
+    Ensemble,
     expected_calibration_error,
     kl_weight,
     negative_log_likelihood,
@@ -28,7 +31,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ARD",
     "LAYER_TYPES",
+    "SGHMC",
+    "SVGD",
     "CollapseWarning",
+    "Ensemble",
     "ExportError",
     "FactorizedTensor",
     "TensorizedConv2d",

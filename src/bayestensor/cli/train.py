@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a built-in experiment (default: digits-fc)")
     p.add_argument("experiment", nargs="?", default="digits-fc", help="experiment name (see 'bayestensor experiments')")
     p.add_argument("--format", choices=None, help="tensor format: cp, tucker, tt, ttm")
-    p.add_argument("--method", help="map, svi or none (fixed ranks)")
+    p.add_argument("--method", help="map, svi, none (fixed ranks), or svgd / sghmc (MAP, then the [sampler] phase)")
     p.add_argument("--prior", help="half_cauchy, log_uniform or inverse_gamma")
     p.add_argument("--max-rank", type=int)
     p.add_argument("--epochs", type=int)

@@ -8,7 +8,7 @@ the expected files and where they were looked for. Malformed files raise :class:
 from .cifar import load_cifar10, load_cifar_batch
 from .click_batch import NUM_DENSE, NUM_SPARSE, ClickBatch
 from .criteo import KAGGLE_CARDINALITIES, KAGGLE_ROWS, CriteoKaggle, parse_lines, split_bounds
-from .digits import load_digits_split
+from .digits import load_digits_ood, load_digits_split
 from .errors import DataFormatError, DataNotFoundError
 from .idx import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist, load_idx_images, load_idx_labels, load_mnist, read_idx
 from .splits import DatasetSplits, LabeledImages
@@ -30,6 +30,7 @@ __all__ = [
     "SyntheticClicks",
     "load_cifar10",
     "load_cifar_batch",
+    "load_digits_ood",
     "load_digits_split",
     "load_fashion_mnist",
     "load_idx_images",

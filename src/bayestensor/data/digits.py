@@ -27,3 +27,22 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tenso
     y = data.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte)
+
+
+def load_digits_ood(shape: tuple[int, ...]) -> Tensor:
+    """All 1,797 digits as an out-of-distribution set for ``shape``-shaped images (``(H, W)`` or ``(C, H, W)``).
+
+    The 8×8 images are resized bilinearly to ``H × W`` (repeated over ``C`` channels), with
+    pixel values in ``[0, 1]`` like the IDX loaders' images; for example Fashion-MNIST's
+    ``(28, 28)``. Returns float32 ``(1797, *shape)``.
+    """
+    from sklearn.datasets import load_digits
+
+    if len(shape) not in (2, 3) or any(int(s) < 1 for s in shape):
+        raise ValueError(f"shape must be (H, W) or (C, H, W) of positive sizes, got {shape}")
+    images = torch.from_numpy((load_digits().images / 16.0).astype(np.float32))[:, None]  # (N, 1, 8, 8)
+    resized = torch.nn.functional.interpolate(images, size=tuple(shape[-2:]), mode="bilinear", align_corners=False)
+    resized = resized.clamp(0.0, 1.0)
+    if len(shape) == 2:
+        return resized[:, 0]
+    return resized.expand(-1, int(shape[0]), -1, -1).contiguous()

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inference import ARD, expected_calibration_error, negative_log_likelihood, predict
+from ..data import load_digits_ood
+from ..inference import ARD, Ensemble, expected_calibration_error, negative_log_likelihood, ood_auroc, predict
 from .config import ConfigError, RunConfig
 from .distributed import DistContext
+from .posterior import SamplerPhase
 from .progress import Console
 from .registry import Experiment
 from .step import objective_step
@@ -26,19 +28,37 @@ class Evaluation:
     ece: float
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int = 1, batch_size: int = 2048) -> Evaluation:
-    """Accuracy, NLL and ECE of the (posterior-predictive, for SVI with ``num_samples > 1``) class probabilities."""
+def predictive_probs(model: nn.Module, x: Tensor, num_samples: int | None = 1, batch_size: int = 2048) -> Tensor:
+    """Class probabilities ``(N, C)`` in float64: the posterior-predictive mean (:func:`bayestensor.predict`).
+
+    An ensemble runs all its particles on a batch at once, so its batches hold ``batch_size / P`` rows.
+    """
     model.eval()
+    if isinstance(model, Ensemble):
+        batch_size = max(1, batch_size // model.num_particles)
     probs = []
     for i in range(0, len(x), batch_size):
         mean, _ = predict(model, x[i : i + batch_size], num_samples=num_samples, transform=lambda z: z.softmax(-1))
         probs.append(mean)
-    p = torch.cat(probs).double()
+    return torch.cat(probs).double()
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int | None = 1, batch_size: int = 2048) -> Evaluation:
+    """Accuracy, NLL and ECE of the posterior-predictive class probabilities.
+
+    ``num_samples``: SVI weight draws, or an ensemble's first particles (``None``: all of them).
+    """
+    p = predictive_probs(model, x, num_samples, batch_size)
     return Evaluation(
         accuracy=float((p.argmax(1) == y).double().mean()),
         nll=negative_log_likelihood(p, y),
         ece=expected_calibration_error(p, y),
     )
+
+
+def digits_ood(x_test: Tensor) -> Tensor:
+    """scikit-learn's digits resized to the test images' shape: the OOD set of the Fashion-MNIST experiments."""
+    return load_digits_ood(tuple(x_test.shape[1:])).to(x_test.device)
 
 
 #: Seed of the permutation that picks the ``data.validation`` examples: the same held-out set for every run seed.
@@ -78,6 +98,7 @@ class ClassificationTask:
             self.xtr, self.ytr, *self.validation = hold_out(self.xtr, self.ytr, cfg.data.validation)
         self.num_train = len(self.xtr)
         self.device = device
+        self.xood = exp.ood(self.xte) if exp.ood is not None else None
 
     def validation_loss(self, model: nn.Module) -> float:
         """Mean cross-entropy (NLL) of the posterior mean on the held-out examples; leaves training mode on."""
@@ -85,18 +106,22 @@ class ClassificationTask:
         model.train()
         return nll
 
+    def _batches(self, epoch: int) -> Tensor:
+        """The permutation of this process's training rows for ``epoch``, from ``(seed, epoch)`` alone."""
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        perm = torch.randperm(self.num_train, generator=gen)
+        if self.ctx.enabled:
+            per_rank = self.num_train // self.ctx.world_size
+            perm = perm[self.ctx.rank :: self.ctx.world_size][:per_rank]
+        return perm.to(self.device)
+
     def train_epoch(
         self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
     ) -> dict[str, float]:
         """One pass over this process's shard; returns mean ``train_loss`` and ``prior_loss`` per batch."""
         cfg = self.cfg.train
         net.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(self.num_train, generator=gen)
-        if self.ctx.enabled:
-            per_rank = self.num_train // self.ctx.world_size
-            perm = perm[self.ctx.rank :: self.ctx.world_size][:per_rank]
-        perm = perm.to(self.device)
+        perm = self._batches(epoch)
         total, total_prior, batches = 0.0, 0.0, 0
         starts = range(0, len(perm), cfg.batch_size)
         with console.progress(len(starts), f"epoch {epoch + 1}") as advance:
@@ -108,14 +133,35 @@ class ClassificationTask:
                 advance()
         return {"train_loss": total / max(batches, 1), "prior_loss": total_prior / max(batches, 1)}
 
-    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Test accuracy of the current model (posterior mean)."""
-        return {"test_accuracy": evaluate(model, self.xte, self.yte).accuracy}
+    def sampler_epoch(self, phase: SamplerPhase, epoch: int, console: Console) -> dict[str, float]:
+        """One pass of the sampler over the training set (the batches of epoch ``train.epochs + epoch``)."""
+        perm = self._batches(self.cfg.train.epochs + epoch)
+        total, batches = 0.0, 0
+        starts = range(0, len(perm), self.cfg.train.batch_size)
+        with console.progress(len(starts), f"{phase.method} epoch {epoch + 1}") as advance:
+            for i in starts:
+                idx = perm[i : i + self.cfg.train.batch_size]
+                total += phase.step(self.xtr[idx], self.ytr[idx])
+                batches += 1
+                advance()
+        return {"potential": total / max(batches, 1)}
 
-    def final_metrics(self, model: nn.Module, num_samples: int) -> dict[str, Any]:
-        """Test accuracy, NLL and ECE with ``num_samples`` posterior samples."""
-        ev = evaluate(model, self.xte, self.yte, num_samples=num_samples)
-        return {"test_accuracy": ev.accuracy, "nll": ev.nll, "ece": ev.ece}
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Test accuracy of the current model (posterior mean; an ensemble's particles averaged)."""
+        samples = None if isinstance(model, Ensemble) else 1
+        return {"test_accuracy": evaluate(model, self.xte, self.yte, num_samples=samples).accuracy}
+
+    def final_metrics(self, model: nn.Module, num_samples: int | None) -> dict[str, Any]:
+        """Test accuracy, NLL and ECE with ``num_samples`` posterior samples; OOD AUROC where there is an OOD set."""
+        probs = predictive_probs(model, self.xte, num_samples)
+        out: dict[str, Any] = {
+            "test_accuracy": float((probs.argmax(1) == self.yte).double().mean()),
+            "nll": negative_log_likelihood(probs, self.yte),
+            "ece": expected_calibration_error(probs, self.yte),
+        }
+        if self.xood is not None:
+            out["ood_auroc"] = ood_auroc(probs, predictive_probs(model, self.xood, num_samples))
+        return out
 
     def report_extras(self, model: nn.Module, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Nothing beyond the common report fields."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..data import load_cifar10, load_fashion_mnist
+from .classification import digits_ood
 from .config import ConfigError, RunConfig
 from .models import conv3x3, linear, scaled, tensor_kwargs
-from .registry import Experiment, Splits, register_experiment
+from .registry import Experiment, Splits, limit_splits, register_experiment
 
 CHANNELS = (128, 256, 256, 256)
 FC_HIDDEN = 512
@@ -56,16 +57,10 @@ def _smoke(cfg: RunConfig) -> None:
     cfg.data.limit = 32
 
 
-def _limit(splits: Splits, limit: int) -> Splits:
-    xtr, ytr, xte, yte = splits
-    if limit:
-        xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
-    return xtr, ytr, xte, yte
-
-
-def _fashion(cfg: RunConfig) -> Splits:
+def fashion_images(cfg: RunConfig) -> Splits:
+    """Fashion-MNIST as ``(N, 1, 28, 28)`` images (``data.limit`` applied), for the convolutional nets."""
     data = load_fashion_mnist(cfg.data.data_dir or None)
-    return _limit(
+    return limit_splits(
         (data.train.images[:, None], data.train.labels, data.test.images[:, None], data.test.labels), cfg.data.limit
     )
 
@@ -74,7 +69,7 @@ def _cifar(cfg: RunConfig) -> Splits:
     if not cfg.data.data_dir:
         raise ConfigError(f"{cfg.experiment} needs --data-dir: the folder with CIFAR-10's python batches")
     data = load_cifar10(cfg.data.data_dir)
-    return _limit((data.train.images, data.train.labels, data.test.images, data.test.labels), cfg.data.limit)
+    return limit_splits((data.train.images, data.train.labels, data.test.images, data.test.labels), cfg.data.limit)
 
 
 FASHION_MNIST_CNN = register_experiment(
@@ -83,9 +78,10 @@ FASHION_MNIST_CNN = register_experiment(
         description="6-layer CNN: dense conv, TT convs 128→256→256→256, TT-FC 1024→512, FC 10 (BN+ReLU)",
         data="Fashion-MNIST IDX files in --data-dir (default /usr/share/datasets/fashion-mnist)",
         defaults=_defaults,
-        load_data=_fashion,
+        load_data=fashion_images,
         build_model=lambda cfg: cnn6(1, cfg),
         smoke=_smoke,
+        ood=digits_ood,
     )
 )
 

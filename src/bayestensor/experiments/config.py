@@ -19,7 +19,7 @@ class ModelConfig:
 
     format: str = "ttm"
     max_rank: int = 10
-    method: str = "map"  # "map" | "svi" | "none" (fixed ranks)
+    method: str = "map"  # "map" | "svi" | "none" (fixed ranks) | "svgd" | "sghmc" (MAP, then the [sampler] phase)
     prior: str = "half_cauchy"
     prior_kwargs: dict[str, float] = field(default_factory=dict)
     dense: bool = False
@@ -57,6 +57,25 @@ class TrainConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """The posterior sampler run after the MAP epochs when ``model.method`` is ``"svgd"`` or ``"sghmc"``."""
+
+    particles: int = 8  # SVGD particles / SGHMC chains
+    init: str = "scratch"  # "scratch": fresh draws at the ranks ARD found; "map": copies of the MAP model (+ jitter)
+    epochs: int = 0  # passes over the training data (batches of train.batch_size); 0 = train.epochs
+    lr: float = 0.0  # SVGD: Adam step (0 = train.lr); SGHMC: step size on the mean loss (0 = 0.01)
+    jitter: float = 0.01  # init "map": particles 2..P get every entry perturbed by jitter * RMS of its parameter
+    bandwidth: float = 0.0  # SVGD RBF bandwidth h; 0 = the median heuristic
+    friction: float = 0.1  # SGHMC friction alpha in (0, 1]
+    burn_in: float = 0.5  # SGHMC: fraction of the sampler's steps before the first kept sample, in [0, 1)
+    thin: int = 0  # SGHMC steps between kept samples; 0 = spread max_samples evenly over the steps after burn-in
+    max_samples: int = 32  # SGHMC: kept samples over all chains (the most recent)
+    execution: str = (
+        "auto"  # "vmap": particles in one vmap call; "loop": functional calls; "auto": loop for convs on CPU
+    )
+
+
+@dataclass
 class DataConfig:
     """Where the data lives and how much of it to use."""
 
@@ -82,6 +101,7 @@ class RunConfig:
     out: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
     @property

@@ -7,6 +7,7 @@ As in Hawkins, Liu & Zhang's MNIST runs. Data are the four standard IDX files (r
 from __future__ import annotations
 
 from ..data import load_fashion_mnist, load_mnist
+from .classification import digits_ood
 from .config import ConfigError, RunConfig
 from .models import fc_classifier
 from .registry import Experiment, Splits, register_experiment
@@ -70,5 +71,6 @@ FASHION_MNIST_FC = register_experiment(
         load_data=_fashion,
         build_model=_model,
         smoke=_smoke,
+        ood=digits_ood,
     )
 )

@@ -10,6 +10,16 @@ from torch import nn
 from ..layers import TensorizedConv2d, TensorizedLinear
 from .config import ModelConfig
 
+#: Methods that train MAP layers and then sample the posterior over them (:mod:`.posterior`).
+SAMPLERS = ("svgd", "sghmc")
+
+
+def layer_method(method: str) -> str | None:
+    """The layers' ``method`` for a run's ``model.method``: ``"none"`` is fixed ranks, a sampler's particles are MAP."""
+    if method == "none":
+        return None
+    return "map" if method in SAMPLERS else method
+
 
 def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
     """Keyword arguments shared by the tensorized layers (``None`` for the dense twin).
@@ -21,7 +31,7 @@ def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
     return {
         "format": cfg.format,
         "max_rank": cfg.max_rank,
-        "method": None if cfg.method == "none" else cfg.method,
+        "method": layer_method(cfg.method),
         "prior": cfg.prior,
         "prior_kwargs": dict(cfg.prior_kwargs),
     }

@@ -34,6 +34,10 @@ class Experiment:
         Builds the (tensorized or, with ``model.dense``, dense) model.
     smoke
         Shrinks the config for smoke tests (``--smoke``).
+    ood
+        For classification: builds an out-of-distribution image set shaped like the given test
+        images (for Fashion-MNIST, :func:`~bayestensor.data.load_digits_ood`); the report then
+        gives the AUROC of predictive entropy between the test set and it. ``None``: no OOD score.
     task
         ``"classification"`` (cross-entropy on in-memory tensors) or ``"clicks"`` (streaming binary
         classification with BCE and AUC, for DLRM); picks the task loop of :func:`~.trainer.train`.
@@ -47,9 +51,18 @@ class Experiment:
     build_model: Callable[[RunConfig], nn.Module]
     smoke: Callable[[RunConfig], None]
     task: str = "classification"
+    ood: Callable[[Tensor], Tensor] | None = None
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def limit_splits(splits: Splits, limit: int) -> Splits:
+    """The first ``limit`` training and test examples (``data.limit``; 0 keeps all)."""
+    xtr, ytr, xte, yte = splits
+    if limit:
+        xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
+    return xtr, ytr, xte, yte
 
 
 def register_experiment(exp: Experiment) -> Experiment:

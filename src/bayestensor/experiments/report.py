@@ -48,6 +48,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"| accuracy before final prune | {report.get('accuracy_before_prune', float('nan')):.4f} |",
         f"| NLL | {report.get('nll', float('nan')):.4f} |",
         f"| ECE | {report.get('ece', float('nan')):.4f} |",
+        *([f"| OOD AUROC (predictive entropy) | {report['ood_auroc']:.4f} |"] if "ood_auroc" in report else []),
+        *(
+            [f"| posterior particles (stored params are per particle) | {report['predictive_samples']} |"]
+            if "sampler" in report
+            else []
+        ),
         f"| stored params | {report['params']:,} |",
         f"| params at max rank | {report.get('initial_params', report['params']):,} |",
         f"| dense params | {report['dense_params']:,} |",

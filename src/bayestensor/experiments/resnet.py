@@ -1,9 +1,10 @@
-"""``cifar10-resnet``: the CIFAR ResNet of He et al. (2016), depth ``6n + 2``, its wide 3×3 convolutions tensorized.
+"""``cifar10-resnet`` and ``fashion-mnist-resnet``: the CIFAR ResNet of He et al. (2016), depth ``6n + 2``.
 
 Three stages of ``n`` basic blocks at 16, 32 and 64 channels (stride 2 at the start of stages 2
 and 3; 1×1 projection shortcuts where the shape changes), global average pooling and a dense FC
 layer. Every 3×3 convolution whose input and output both have ≥ 32 (unscaled) channels is
 tensorized, as in the paper's ResNet-110; the others stay dense. ``--set model.depth=20|32|110``.
+``fashion-mnist-resnet`` runs the same network on 1-channel 28×28 Fashion-MNIST images.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ..data import load_cifar10
+from .classification import digits_ood
+from .cnn import fashion_images
 from .config import ConfigError, RunConfig
 from .models import conv3x3, scaled, tensor_kwargs
-from .registry import Experiment, Splits, register_experiment
+from .registry import Experiment, Splits, limit_splits, register_experiment
 
 STAGES = (16, 32, 64)
 #: 3×3 convolutions with at least this many (unscaled) input and output channels are tensorized.
@@ -59,15 +62,26 @@ class CifarResNet(nn.Module):
     """
 
     def __init__(
-        self, depth: int = 20, num_classes: int = 10, width: float = 1.0, tensor: dict[str, Any] | None = None
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        width: float = 1.0,
+        tensor: dict[str, Any] | None = None,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 110, ...), got {depth}")
-        self.export_kwargs = {"depth": depth, "num_classes": num_classes, "width": width, "tensor": tensor}
+        self.export_kwargs = {
+            "depth": depth,
+            "num_classes": num_classes,
+            "width": width,
+            "tensor": tensor,
+            "in_channels": in_channels,
+        }
         n = (depth - 2) // 6
         c0 = scaled(STAGES[0], width)
-        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
         blocks: list[nn.Module] = []
         base_in, c_in = STAGES[0], c0
         for s, base in enumerate(STAGES):
@@ -101,10 +115,7 @@ def _data(cfg: RunConfig) -> Splits:
     if not cfg.data.data_dir:
         raise ConfigError("cifar10-resnet needs --data-dir: the folder with CIFAR-10's python batches")
     data = load_cifar10(cfg.data.data_dir)
-    xtr, ytr, xte, yte = data.train.images, data.train.labels, data.test.images, data.test.labels
-    if cfg.data.limit:
-        xtr, ytr, xte, yte = xtr[: cfg.data.limit], ytr[: cfg.data.limit], xte[: cfg.data.limit], yte[: cfg.data.limit]
-    return xtr, ytr, xte, yte
+    return limit_splits((data.train.images, data.train.labels, data.test.images, data.test.labels), cfg.data.limit)
 
 
 CIFAR10_RESNET = register_experiment(
@@ -116,5 +127,21 @@ CIFAR10_RESNET = register_experiment(
         load_data=_data,
         build_model=lambda cfg: CifarResNet(cfg.model.depth, 10, cfg.model.width, tensor_kwargs(cfg.model)),
         smoke=_smoke,
+    )
+)
+
+
+FASHION_MNIST_RESNET = register_experiment(
+    Experiment(
+        name="fashion-mnist-resnet",
+        description="CIFAR ResNet (--set model.depth=20|32|110) on Fashion-MNIST, 3x3 convs of >= 32 channels in TT",
+        data="Fashion-MNIST IDX files in --data-dir (default /usr/share/datasets/fashion-mnist)",
+        defaults=_defaults,
+        load_data=fashion_images,
+        build_model=lambda cfg: CifarResNet(
+            cfg.model.depth, 10, cfg.model.width, tensor_kwargs(cfg.model), in_channels=1
+        ),
+        smoke=_smoke,
+        ood=digits_ood,
     )
 )

@@ -6,6 +6,7 @@ The loop is shared; what a batch, a loss and a test metric are comes from the ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from .clicks import ClicksTask
 from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
 from .optim import make_optimizer
+from .posterior import SAMPLERS, SamplerPhase, check_sampler_config, sampler_epochs
 from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
@@ -150,6 +152,12 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         state = load_checkpoint(ckpt_path, required=("model", "optimizer", "epoch", "history", "rng", "config"))
+        held = (state.get("sampler") or {}).get("particles")
+        if held is not None and held != cfg.sampler.particles:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt_path)!r} holds {held} particles, this run asks for sampler.particles="
+                f"{cfg.sampler.particles}; resume with the same number or start a new run (--out/--set name=...)"
+            )
         if state["config"] != cfg.to_dict():
             raise CheckpointError(
                 f"checkpoint {str(ckpt_path)!r} was written with another configuration; resume with the same "
@@ -159,11 +167,21 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         optimizer = make_optimizer(model, cfg.train.lr)
         optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
+        resume_rng = rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0]
+        set_rng_state(resume_rng)
         start, history, elapsed = state["epoch"] + 1, state["history"], state.get("elapsed", 0.0)
         initial_ranks, initial_params = state["initial_ranks"], state["initial_params"]
         initial_rms = state.get("initial_rms", initial_rms)
     ard = make_ard(model, optimizer, cfg, task.num_train, ctx)  # bad schedule arguments fail before any write
+    sampling = cfg.model.method in SAMPLERS and not cfg.model.dense
+    if sampling:
+        check_sampler_config(cfg)
+        if not isinstance(task, ClassificationTask) or ctx.enabled:
+            why = "runs under torchrun" if ctx.enabled else "is a clicks task"
+            raise ConfigError(
+                f"model.method={cfg.model.method!r} runs on the classification experiments in one process; "
+                f"{cfg.experiment!r} {why}"
+            )
     if resume:
         ard.load_state_dict(state.get("ard") or {**ard.state_dict(), "epoch": start, "initial_rms": initial_rms})
     elif ctx.is_main:
@@ -178,6 +196,27 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
 
     t0 = time.perf_counter() - elapsed
     before, params_before = None, 0
+
+    def save_checkpoint(epoch: int, rng: Any, seconds: float, **extra: Any) -> None:
+        """Everything a resume needs after ``epoch`` (and, in the sampler phase, the sampler's ``extra``)."""
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": None,
+            "ard": ard.state_dict(),
+            "before_final_prune": (before, params_before),
+            "epoch": epoch,
+            "history": history,
+            "rng": rng,
+            "config": cfg.to_dict(),
+            "elapsed": seconds,
+            "initial_ranks": initial_ranks,
+            "initial_params": initial_params,
+            "initial_rms": initial_rms,
+            "world_size": ctx.world_size,
+        }
+        save_atomic(payload | extra, ckpt_path)
+
     for epoch in range(start, cfg.train.epochs):
         beta = ard.beta
         losses = task.train_epoch(net, ard, optimizer, epoch, console)
@@ -202,25 +241,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         history.append(row)
         rngs = gather_objects(rng_state(), ctx)
         if ctx.is_main:
-            save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None,
-                    "ard": ard.state_dict(),
-                    "before_final_prune": (before, params_before),
-                    "epoch": epoch,
-                    "history": history,
-                    "rng": rngs if ctx.enabled else rngs[0],
-                    "config": cfg.to_dict(),
-                    "elapsed": row["seconds"],
-                    "initial_ranks": initial_ranks,
-                    "initial_params": initial_params,
-                    "initial_rms": initial_rms,
-                    "world_size": ctx.world_size,
-                },
-                ckpt_path,
-            )
+            save_checkpoint(epoch, rngs if ctx.enabled else rngs[0], row["seconds"])
             with (run_dir / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
         barrier(ctx)
@@ -229,11 +250,42 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             os._exit(KILL_STATUS)
     ard.close()
 
-    train_seconds = time.perf_counter() - t0
-    samples = cfg.train.predict_samples if cfg.model.method == "svi" and not cfg.model.dense else 1
     if before is None:  # resumed after the last epoch: what it measured before its final prune
         before, params_before = state.get("before_final_prune") or (task.epoch_metrics(model), count_params(model))
-    final = task.final_metrics(model, samples)
+    samples = cfg.train.predict_samples if cfg.model.method == "svi" and not cfg.model.dense else 1
+    posterior = None
+    if sampling:
+        steps = -(-task.num_train // cfg.train.batch_size)
+        phase = SamplerPhase(cfg, model, task.num_train, steps, lambda: exp.build_model(cfg).to(device))
+        done = state.get("sampler") if resume else None
+        if done is not None:
+            phase.load_state_dict(done["state"])
+            set_rng_state(resume_rng)  # cloning drew random numbers that the uninterrupted run did not draw here
+        for k in range(0 if done is None else done["epoch"] + 1, sampler_epochs(cfg)):
+            out = task.sampler_epoch(phase, k, console)
+            row = {
+                "epoch": cfg.train.epochs + k,
+                "sampler_epoch": k,
+                **out,
+                **task.epoch_metrics(phase.current()),
+                "particles": phase.current().num_particles,
+                "params": count_params(phase.ensemble.base),  # per particle
+                "ranks": ranks(phase.ensemble.base),
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            sampler_state = {"epoch": k, "particles": cfg.sampler.particles, "state": phase.state_dict()}
+            save_checkpoint(cfg.train.epochs - 1, rng_state(), row["seconds"], sampler=sampler_state)
+            with (run_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            console.epoch(row)
+            if kill_after and cfg.train.epochs + k + 1 == kill_after:
+                os._exit(KILL_STATUS)
+        posterior = phase.posterior()
+        model, samples = posterior.base, None  # the layer table and the export: the first particle
+
+    train_seconds = time.perf_counter() - t0
+    final = task.final_metrics(posterior if posterior is not None else model, samples)
     params = count_params(model)
     dense = dense_params(model)
     layers = layer_table(model, initial_ranks, initial_rms)
@@ -246,7 +298,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "prior": cfg.model.prior if bayes else None,
         **final,
         "accuracy_before_prune": before["test_accuracy"],
-        "predictive_samples": samples,
+        "predictive_samples": posterior.num_particles if posterior is not None else samples,
+        **({"sampler": dataclasses.asdict(cfg.sampler)} if posterior is not None else {}),
         "dense_params": dense,
         "initial_params": initial_params,
         "params_before_prune": params_before,
@@ -269,6 +322,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     }
     if ctx.is_main:
         export_model(model, run_dir / "model", config=cfg.to_dict())
+        if posterior is not None:  # every particle: bt.Ensemble.clone(bt.load(model), P).load_state_dict(...)
+            save_atomic(posterior.state_dict(), run_dir / "posterior.pt")
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         write_report(run_dir)
     barrier(ctx)

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..conversion import tensorize
-from .cnn import _fashion
+from .classification import digits_ood
+from .cnn import fashion_images
 from .config import ConfigError, RunConfig
 from .models import tensor_kwargs
 from .registry import Experiment, register_experiment
@@ -124,8 +125,9 @@ FASHION_MNIST_VIT = register_experiment(
         description="ViT, patches 7x7, width 128, 4 pre-norm blocks: every attention and MLP projection tensorized",
         data="Fashion-MNIST IDX files in --data-dir (default /usr/share/datasets/fashion-mnist)",
         defaults=_defaults,
-        load_data=_fashion,
+        load_data=fashion_images,
         build_model=_model,
         smoke=_smoke,
+        ood=digits_ood,
     )
 )

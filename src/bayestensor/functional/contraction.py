@@ -545,8 +545,9 @@ def factorized_linear(
         xm = xt if _is_identity(x_perm) else xt.permute(x_perm)  # (B, stage-1 mode order)
         chunk = chunk if x.device.type == "cpu" else batch  # one pass on GPUs: no cache to fit
         xm = xm.reshape(batch, dims[0], dims[1])
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
-            # graph export (ONNX, torch.export): the same two products, without chunks or in-place buffers
+        if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+            # graph export (ONNX, torch.export) or torch.func transforms (vmap over an ensemble's
+            # particles): the same two products, without chunks or in-place buffers
             y = _stage(_stage(xm, sp, kinds[0]).reshape(batch, dims[2], dims[3]), sq, kinds[1])  # (B, ·, ·)
         else:
             y = _TwoStageProduct.apply(xm, sp, sq, kinds, dims, chunk)  # (B, ·, ·)

@@ -1,4 +1,4 @@
-"""Posterior-predictive sampling."""
+"""Posterior-predictive sampling: SVI weight draws or the particles of an ensemble."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tensors import FactorizedTensor
+from .ensemble import Ensemble
 
 
 @contextmanager
@@ -27,25 +28,45 @@ def sampling(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, x: Tensor, num_samples: int = 32, transform: Callable[[Tensor], Tensor] | None = None
+    model: nn.Module,
+    x: Tensor,
+    num_samples: int | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Posterior-predictive mean and standard deviation of ``transform(model(x))`` over weight samples.
 
     For a classifier pass ``transform=lambda z: z.softmax(-1)`` to average probabilities
-    (the Bayesian model average). Models without SVI layers are deterministic: the spread is 0.
+    (the Bayesian model average). ``model`` may be:
+
+    * a model with SVI layers: ``num_samples`` draws of ``q`` (default 32);
+    * an :class:`~.ensemble.Ensemble` (SVGD particles, SGHMC samples): its particles, all of them by
+      default or the first ``num_samples``, run in one vectorised call;
+    * any other model: deterministic, the spread is 0.
 
     Parameters
     ----------
     num_samples
-        Number of posterior samples, ``>= 1``.
+        Number of posterior samples, ``>= 1`` (at most the ensemble's size for an ensemble).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     transform = transform or (lambda z: z)
+    if isinstance(model, Ensemble):
+        size = model.num_particles
+        if num_samples is not None and num_samples > size:
+            raise ValueError(
+                f"num_samples={num_samples} exceeds the ensemble's {size} particles; an ensemble's samples are its "
+                f"particles, so ask for at most {size} (or None for all)"
+            )
+        draws = transform(model(x))  # (P, ...)
+        draws = draws if num_samples is None else draws[:num_samples]
+        return draws.mean(0), draws.std(0, unbiased=False)
     stochastic = any(isinstance(m, FactorizedTensor) and m.method == "svi" for m in model.modules())
     if not stochastic:
         out = transform(model(x))
         return out, torch.zeros_like(out)
     with sampling(model):
-        draws = torch.stack([transform(model(x)) for _ in range(num_samples)])
+        draws = torch.stack([transform(model(x)) for _ in range(32 if num_samples is None else num_samples)])
     return draws.mean(0), draws.std(0, unbiased=False)

@@ -113,6 +113,11 @@ class FactorizedTensor(nn.Module):
     ) -> None:
         super().__init__()
         self.fmt = get_format(format)
+        if method in ("svgd", "sghmc"):
+            raise ValueError(
+                f"method={method!r} samples the whole model, not one layer: build the layers with method='map' and "
+                f"run bt.Ensemble with bt.{method.upper()} (or `bayestensor train --method {method}`)"
+            )
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         if rank_update not in RANK_UPDATES:
@@ -285,18 +290,28 @@ class FactorizedTensor(nn.Module):
         self.update_rank_variances_()
         return True
 
+    def rank_variance_update(self) -> list[Tensor]:
+        """The M-step's new ``λ`` per bond, ``(1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``; changes nothing.
+
+        A pure function of the factors and ``λ`` (``rank_update="em"`` only), so it also runs
+        under ``torch.func.vmap`` over the particles of an ensemble.
+        """
+        energies, counts = self.rank_statistics()
+        out = []
+        for energy, count, lam in zip(energies, counts, self.rank_variances(), strict=True):
+            target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
+            new = (1.0 - self.em_step) * lam + self.em_step * target
+            out.append(new.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5))
+        return out
+
     @torch.no_grad()
     def update_rank_variances_(self) -> None:
         """Closed-form M-step ``λ ← (1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``."""
         if self.method is None or self.rank_update != "em":
             return
         self._lambda_versions = self._versions()
-        energies, counts = self.rank_statistics()
-        for b, (energy, count) in enumerate(zip(energies, counts, strict=True)):
-            lam = getattr(self, f"rank_variance_{b}")
-            target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
-            new = (1.0 - self.em_step) * lam + self.em_step * target
-            lam.copy_(new.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5))
+        for lam, new in zip(self.rank_variances(), self.rank_variance_update(), strict=True):
+            lam.copy_(new)
 
     # ------------------------------------------------------------------ pruning
     @torch.no_grad()

@@ -1,0 +1,137 @@
+"""``model.method = "svgd" | "sghmc"`` in the trainer: the posterior file, OOD score, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bayestensor as bt
+from _datafiles import write_idx_dir
+from bayestensor.cli.main import main
+from bayestensor.data import load_digits_ood, load_fashion_mnist
+from bayestensor.experiments.checkpoint import load_checkpoint
+from bayestensor.experiments.models import SAMPLERS
+from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
+from bayestensor.inference import ood_auroc, predictive_entropy
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(SRC)}
+
+
+def _args(data: Path, out: Path, method: str, *extra: str) -> list[str]:
+    return ["train", "fashion-mnist-fc", "--smoke", "--quiet", "--method", method, "--data-dir", str(data),
+            "--out", str(out), "--set", "sampler.particles=3", "--set", "sampler.epochs=2",
+            "--set", "sampler.max_samples=9", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(method, tmp_path):
+    data = write_idx_dir(tmp_path / "fashion")
+    assert main(_args(data, tmp_path / "runs", method)) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["method"] == method and report["sampler"]["particles"] == 3
+    # the posterior file rebuilds every particle from the exported first one
+    first = bt.load(run_dir / "model")
+    state = torch.load(run_dir / "posterior.pt", weights_only=True)
+    size = next(v for k, v in state.items() if k.startswith("particles.")).shape[0]
+    assert size == report["predictive_samples"] == (3 if method == "svgd" else 9)
+    posterior = bt.Ensemble.clone(first, size)
+    posterior.load_state_dict(state)
+    test = load_fashion_mnist(data).test
+    x, y = test.images[:64], test.labels[:64]  # --smoke keeps the first 64 test images
+    probs, _ = bt.predict(posterior.eval(), x, transform=lambda z: z.softmax(-1))
+    assert float((probs.argmax(1) == y).double().mean()) == pytest.approx(report["test_accuracy"], abs=1e-12)
+    ood, _ = bt.predict(posterior, load_digits_ood((28, 28)), transform=lambda z: z.softmax(-1))
+    assert report["ood_auroc"] == pytest.approx(ood_auroc(probs.double(), ood.double()), abs=1e-9)
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("sampler_epoch") for r in rows[-2:]] == [0, 1]
+    assert (run_dir / "report.md").read_text().count("OOD AUROC") == 1
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_resume_in_the_sampler_phase_matches_an_uninterrupted_run(method, tmp_path):
+    data = write_idx_dir(tmp_path / "fashion")
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    base = [sys.executable, "-m", "bayestensor", *_args(data, killed, method)]
+    run = subprocess.run(base, env={**env(), KILL_ENV: "3"}, capture_output=True, text=True)  # 2 MAP + 1 sampler
+    assert run.returncode == KILL_STATUS, run.stderr
+    (run_dir,) = killed.iterdir()
+    assert load_checkpoint(run_dir / "checkpoint.pt")["sampler"]["epoch"] == 0
+    resumed = subprocess.run([*base, "--resume"], env=env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert main(_args(data, full, method)) == 0
+    a = json.loads((run_dir / "report.json").read_text())
+    b = json.loads((full / run_dir.name / "report.json").read_text())
+    for key in ("test_accuracy", "nll", "ece", "ood_auroc", "params", "layers", "predictive_samples"):
+        assert a[key] == b[key], key
+    pa = torch.load(run_dir / "posterior.pt", weights_only=True)
+    pb = torch.load(full / run_dir.name / "posterior.pt", weights_only=True)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
+    data = write_idx_dir(tmp_path / "fashion")
+    args = _args(data, tmp_path / "runs", "svgd")
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--set", "sampler.particles=4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 3 particles, this run asks for sampler.particles=4" in err
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sampler.particles=0"], "sampler.particles: expected an int >= 1, got 0"),
+        (["sampler.init=best"], "sampler.init: expected one of scratch, map, got 'best'"),
+        (["sampler.friction=1.5"], "sampler.friction: expected a friction in (0, 1], got 1.5"),
+        (["sampler.bandwidth=-1"], "sampler.bandwidth: expected an RBF bandwidth h > 0, or 0 for the median heuristic"),
+        (["sampler.burn_in=1"], "sampler.burn_in: expected a fraction of the steps in [0, 1), got 1.0"),
+        (["sampler.init=map", "sampler.jitter=0"], "sampler.jitter = 0 clones identical particles"),
+    ],
+)
+def test_bad_sampler_settings_fail_before_any_file_is_written(overrides, message, tmp_path, capsys):
+    out = tmp_path / "runs"
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["train", "--smoke", "--quiet", "--method", "svgd", "--out", str(out), *sets]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_samplers_refuse_the_clicks_task(tmp_path, capsys):
+    argv = ["train", "criteo-dlrm", "--synthetic", "--smoke", "--quiet", "--method", "sghmc", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "runs on the classification experiments in one process; 'criteo-dlrm' is a clicks task" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ood_set_and_score():
+    flat, chans = load_digits_ood((28, 28)), load_digits_ood((1, 28, 28))
+    assert flat.shape == (1797, 28, 28) and chans.shape == (1797, 1, 28, 28)
+    assert 0.0 <= float(flat.min()) and float(flat.max()) <= 1.0
+    torch.testing.assert_close(chans[:, 0], flat)
+    with pytest.raises(ValueError, match=r"shape must be \(H, W\) or \(C, H, W\)"):
+        load_digits_ood((784,))
+    # entropy of known distributions, and an AUROC equal to the pairwise definition
+    probs = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    torch.testing.assert_close(predictive_entropy(probs), torch.tensor([0.0, 0.6931471805599453], dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 3, generator=g).softmax(-1)
+    b = (0.3 * torch.randn(30, 3, generator=g)).softmax(-1)  # flatter: more entropy
+    ha, hb = predictive_entropy(a), predictive_entropy(b)
+    pairwise = ((hb[None, :] > ha[:, None]).double() + 0.5 * (hb[None, :] == ha[:, None]).double()).mean()
+    assert ood_auroc(a, b) == pytest.approx(float(pairwise), abs=1e-12)
