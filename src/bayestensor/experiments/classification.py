@@ -48,11 +48,15 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int | None = 1
 
     ``num_samples``: SVI weight draws, or an ensemble's first particles (``None``: all of them).
     """
-    p = predictive_probs(model, x, num_samples, batch_size)
+    return scores(predictive_probs(model, x, num_samples, batch_size), y)
+
+
+def scores(probs: Tensor, y: Tensor) -> Evaluation:
+    """Accuracy, NLL and ECE of class probabilities ``probs`` ``(N, C)`` against labels ``y``."""
     return Evaluation(
-        accuracy=float((p.argmax(1) == y).double().mean()),
-        nll=negative_log_likelihood(p, y),
-        ece=expected_calibration_error(p, y),
+        accuracy=float((probs.argmax(1) == y).double().mean()),
+        nll=negative_log_likelihood(probs, y),
+        ece=expected_calibration_error(probs, y),
     )
 
 
@@ -154,11 +158,8 @@ class ClassificationTask:
     def final_metrics(self, model: nn.Module, num_samples: int | None) -> dict[str, Any]:
         """Test accuracy, NLL and ECE with ``num_samples`` posterior samples; OOD AUROC where there is an OOD set."""
         probs = predictive_probs(model, self.xte, num_samples)
-        out: dict[str, Any] = {
-            "test_accuracy": float((probs.argmax(1) == self.yte).double().mean()),
-            "nll": negative_log_likelihood(probs, self.yte),
-            "ece": expected_calibration_error(probs, self.yte),
-        }
+        ev = scores(probs, self.yte)
+        out: dict[str, Any] = {"test_accuracy": ev.accuracy, "nll": ev.nll, "ece": ev.ece}
         if self.xood is not None:
             out["ood_auroc"] = ood_auroc(probs, predictive_probs(model, self.xood, num_samples))
         return out

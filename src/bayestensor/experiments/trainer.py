@@ -263,12 +263,13 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             set_rng_state(resume_rng)  # cloning drew random numbers that the uninterrupted run did not draw here
         for k in range(0 if done is None else done["epoch"] + 1, sampler_epochs(cfg)):
             out = task.sampler_epoch(phase, k, console)
+            current = phase.current()
             row = {
                 "epoch": cfg.train.epochs + k,
                 "sampler_epoch": k,
                 **out,
-                **task.epoch_metrics(phase.current()),
-                "particles": phase.current().num_particles,
+                **task.epoch_metrics(current),
+                "particles": current.num_particles,
                 "params": count_params(phase.ensemble.base),  # per particle
                 "ranks": ranks(phase.ensemble.base),
                 "seconds": time.perf_counter() - t0,
