@@ -45,3 +45,14 @@ def test_cnn_benchmark_smoke(tmp_path):
     )  # fmt: skip
     assert tolerant.returncode == 0, tolerant.stderr
     assert any(line.startswith("| lenet5 | map |") for line in tolerant.stdout.splitlines())
+
+
+def test_svgd_step_benchmark_smoke():
+    """benchmarks/svgd_step.py (the README's sampler cost table) runs and prints its ratios."""
+    script = EXAMPLES.parent / "benchmarks" / "svgd_step.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "fc", "--rounds", "1", "--particles", "2", "--batch", "8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "SVGD x2 / MAP = " in result.stdout and "vectorised / loop = " in result.stdout

@@ -135,3 +135,18 @@ def test_ood_set_and_score():
     ha, hb = predictive_entropy(a), predictive_entropy(b)
     pairwise = ((hb[None, :] > ha[:, None]).double() + 0.5 * (hb[None, :] == ha[:, None]).double()).mean()
     assert ood_auroc(a, b) == pytest.approx(float(pairwise), abs=1e-12)
+
+
+def test_vmap_and_loop_execution_train_the_same_posterior(tmp_path):
+    data = write_idx_dir(tmp_path / "fashion")
+    reports = []
+    for execution in ("vmap", "loop"):
+        out = tmp_path / execution
+        assert main(_args(data, out, "svgd", "--set", f"sampler.execution={execution}")) == 0
+        (run_dir,) = out.iterdir()
+        reports.append(json.loads((run_dir / "report.json").read_text()))
+    a, b = reports
+    assert a["sampler"]["execution"] == "vmap" and b["sampler"]["execution"] == "loop"
+    assert a["params"] == b["params"]
+    for key in ("nll", "ece", "ood_auroc"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
