@@ -1,6 +1,6 @@
 """Cost of one SVGD step of P particles against one MAP step, and the vectorised ensemble against a loop of models.
 
-Run:  python benchmarks/svgd_step.py [--model fc|cnn] [--particles 8] [--batch 128] [--rounds 15] [--threads 1]
+Run:  python benchmarks/svgd_step.py [--model digits|fc|cnn] [--particles 8] [--batch 128] [--rounds 15] [--threads 1]
 
 Cases, timed interleaved round by round (medians of per-round ratios to the MAP step):
 
@@ -14,8 +14,9 @@ Cases, timed interleaved round by round (medians of per-round ratios to the MAP 
   looped SVGD step (no kernel, no repulsion pass), so the vectorised step beating it beats any loop.
 
 Models (tensorized, method "map", the ranks of a fresh model):
-``fc``: the Fashion-MNIST 784-512-10 TTM classifier; ``cnn``: the LeNet-style net of issue 14
-(TT conv 1->32 5x5, TT conv 32->64 5x5, TT FC 3136->512, FC 512->10), both on 28x28 inputs.
+``digits``: the default experiment's 64-256-10 TTM classifier on 64 features; ``fc``: the Fashion-MNIST
+784-512-10 TTM classifier; ``cnn``: the LeNet-style net of issue 14 (TT conv 1->32 5x5, TT conv 32->64
+5x5, TT FC 3136->512, FC 512->10); the last two on 28x28 inputs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ N = 60_000
 def build(kind: str) -> nn.Module:
     """The benchmarked model (see the module docstring)."""
     kw = {"format": "tt", "max_rank": 16, "method": "map"}
+    if kind == "digits":
+        from bayestensor.experiments.registry import default_config, get_experiment
+
+        return get_experiment("digits-fc").build_model(default_config("digits-fc"))
     if kind == "fc":
         return nn.Sequential(
             nn.Flatten(),
@@ -64,7 +69,7 @@ def build(kind: str) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("fc", "cnn"), default="cnn")
+    parser.add_argument("--model", choices=("digits", "fc", "cnn"), default="cnn")
     parser.add_argument("--particles", type=int, default=8)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
@@ -73,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     p = args.particles
-    x = torch.rand(args.batch, 1, 28, 28)
+    x = torch.rand(args.batch, 64) if args.model == "digits" else torch.rand(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
 
     def map_step_of(model: nn.Module):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..inference import SGHMC, SVGD, Ensemble, ranks
+from ..layers import TensorizedConv2d
 from .config import ConfigError, RunConfig
 from .models import SAMPLERS
 from .optim import make_optimizer
@@ -74,17 +75,18 @@ def check_sampler_config(cfg: RunConfig) -> None:
 
 
 def vectorize(execution: str, model: nn.Module) -> bool:
-    """Whether the particles run in one ``vmap`` call: ``"auto"`` does on accelerators and loops on CPU.
+    """Whether the particles run in one ``vmap`` call: ``"auto"`` loops for convolutional models on CPU only.
 
-    Measured on this project's 2-core CPU with ``benchmarks/svgd_step.py`` (8 particles, 1 thread): an
-    SVGD step of the Fashion-MNIST FC model took 12.4x a MAP step under ``vmap`` and 10.6x in a loop; of
-    the LeNet-style CNN, 35.6x and 13.6x (``vmap`` makes each convolution a grouped one over strided
-    memory). On a GPU, where batching the particles is what fills the device, ``vmap`` is the default
-    (not measured here: no GPU was available).
+    Measured with ``benchmarks/svgd_step.py`` (8 particles, 1 thread, this project's 2-core CPU), one SVGD
+    step under ``vmap`` against a loop of functional calls: the digits TTM classifier 11.1 against 30.9 ms
+    (the loop's per-call overhead dominates a small model), the Fashion-MNIST FC model 91 against 78 ms,
+    the LeNet-style CNN 1535 against 590 ms (``vmap`` makes each convolution a grouped one over strided
+    memory). Elsewhere, and on GPUs (not measured here), ``vmap``.
     """
     if execution != "auto":
         return execution == "vmap"
-    return next(model.parameters()).device.type != "cpu"
+    convs = any(isinstance(m, nn.Conv2d | TensorizedConv2d) for m in model.modules())
+    return not (convs and next(model.parameters()).device.type == "cpu")
 
 
 def sampler_epochs(cfg: RunConfig) -> int:
