@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,36 +120,36 @@ class ClassificationTask:
             perm = perm[self.ctx.rank :: self.ctx.world_size][:per_rank]
         return perm.to(self.device)
 
+    def _pass(self, epoch: int, label: str, console: Console, step: Callable[[Tensor, Tensor], Any]) -> list[Any]:
+        """``step(x, y)`` on every batch of epoch ``epoch``'s permutation, with a progress bar; the results."""
+        perm = self._batches(epoch)
+        size = self.cfg.train.batch_size
+        starts = range(0, len(perm), size)
+        out = []
+        with console.progress(len(starts), label) as advance:
+            for i in starts:
+                idx = perm[i : i + size]
+                out.append(step(self.xtr[idx], self.ytr[idx]))
+                advance()
+        return out
+
     def train_epoch(
         self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
     ) -> dict[str, float]:
         """One pass over this process's shard; returns mean ``train_loss`` and ``prior_loss`` per batch."""
-        cfg = self.cfg.train
         net.train()
-        perm = self._batches(epoch)
-        total, total_prior, batches = 0.0, 0.0, 0
-        starts = range(0, len(perm), cfg.batch_size)
-        with console.progress(len(starts), f"epoch {epoch + 1}") as advance:
-            for i in starts:
-                idx = perm[i : i + cfg.batch_size]
-                loss, reg = objective_step(F.cross_entropy(net(self.xtr[idx]), self.ytr[idx]), ard, optimizer)
-                total, total_prior = total + loss, total_prior + reg
-                batches += 1
-                advance()
-        return {"train_loss": total / max(batches, 1), "prior_loss": total_prior / max(batches, 1)}
+
+        def step(x: Tensor, y: Tensor) -> tuple[float, float]:
+            return objective_step(F.cross_entropy(net(x), y), ard, optimizer)
+
+        steps = self._pass(epoch, f"epoch {epoch + 1}", console, step)
+        batches = max(len(steps), 1)
+        return {"train_loss": sum(s[0] for s in steps) / batches, "prior_loss": sum(s[1] for s in steps) / batches}
 
     def sampler_epoch(self, phase: SamplerPhase, epoch: int, console: Console) -> dict[str, float]:
         """One pass of the sampler over the training set (the batches of epoch ``train.epochs + epoch``)."""
-        perm = self._batches(self.cfg.train.epochs + epoch)
-        total, batches = 0.0, 0
-        starts = range(0, len(perm), self.cfg.train.batch_size)
-        with console.progress(len(starts), f"{phase.method} epoch {epoch + 1}") as advance:
-            for i in starts:
-                idx = perm[i : i + self.cfg.train.batch_size]
-                total += phase.step(self.xtr[idx], self.ytr[idx])
-                batches += 1
-                advance()
-        return {"potential": total / max(batches, 1)}
+        steps = self._pass(self.cfg.train.epochs + epoch, f"{phase.method} epoch {epoch + 1}", console, phase.step)
+        return {"potential": sum(steps) / max(len(steps), 1)}
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         """Test accuracy of the current model (posterior mean; an ensemble's particles averaged)."""

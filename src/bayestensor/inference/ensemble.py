@@ -71,11 +71,8 @@ class _Call(nn.Module):
 
 
 def _prior_of(model: nn.Module) -> Tensor:
-    """``Σ`` of the Bayesian tensors' prior terms at their stored ``λ`` (pure: no M-step)."""
+    """``Σ`` of the Bayesian tensors' prior terms at their stored ``λ`` (pure: no M-step; at least one tensor)."""
     found = bayesian_tensors(model)
-    if not found:
-        p = next(model.parameters())
-        return p.new_zeros(())
     return sum((t.prior_loss() for _, t in found), torch.zeros((), device=found[0][1].factors[0].device))
 
 
@@ -293,6 +290,20 @@ class Ensemble(nn.Module):
             return next(iter(self.particles.values())).new_zeros(self.num_particles)
         return self.map_particles(_prior_of)
 
+    def potentials(self, losses: Tensor, *, num_data: int, kl_weight: float) -> Tensor:
+        """``U_i = losses_i + β · prior_i / N``, ``(P,)``: ``−log p(θ_i | D) / N`` up to a constant at ``β = 1``.
+
+        ``losses`` holds each particle's mean task loss on the batch; the samplers move along ``−∇U``.
+        """
+        p = self.num_particles
+        if losses.shape != (p,):
+            raise ValueError(
+                f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
+            )
+        if kl_weight == 0:
+            return losses
+        return losses + kl_weight * self.prior_losses().to(losses.dtype) / num_data
+
     @torch.no_grad()
     def update_rank_variances_(self) -> None:
         """The closed-form ``λ`` M-step of every particle, in one vectorised call."""
@@ -366,10 +377,10 @@ class Ensemble(nn.Module):
         (count,) = counts
         if count != self.num_particles:
             raise ValueError(f"the state dict holds {count} particles, this ensemble has {self.num_particles}")
+        own = self.base.state_dict().keys()
         models = []
         for i in range(count):
             m = copy.deepcopy(self.base)
-            own = m.state_dict().keys()
             per = {}
             for key, value in state_dict.items():
                 group, _, name = key.partition(".")
@@ -391,7 +402,7 @@ class Ensemble(nn.Module):
         # non-persistent buffers of the model are still stacked buffers here: load them as stored
         for key, value in state_dict.items():
             group, _, name = key.partition(".")
-            if group == "particle_buffers" and _unmangle(name) not in models[0].state_dict():
+            if group == "particle_buffers" and _unmangle(name) not in own:
                 getattr(self.particle_buffers, name).copy_(value)
         return None
 

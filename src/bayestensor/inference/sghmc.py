@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .ard import _positive_int
 from .ensemble import Ensemble
 
 
@@ -63,8 +64,9 @@ class SGHMC:
         max_samples: int = 100,
         kl_weight: float = 1.0,
     ) -> None:
-        if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"num_data must be a positive int, got {num_data!r}")
+        _positive_int("num_data", num_data)
+        if not kl_weight >= 0:
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
         if not 0 < lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if not 0 < friction <= 1:
@@ -89,12 +91,7 @@ class SGHMC:
     def step(self, losses: Tensor) -> dict[str, float]:
         """One SGHMC step of every chain from its mean task losses ``(P,)``; returns the mean ``U``."""
         ens = self.ensemble
-        p = ens.num_particles
-        if losses.shape != (p,):
-            raise ValueError(f"losses must hold one mean task loss per chain, shape ({p},), got {tuple(losses.shape)}")
-        u = losses
-        if self.kl_weight:
-            u = u + self.kl_weight * ens.prior_losses().to(losses.dtype) / self.num_data
+        u = ens.potentials(losses, num_data=self.num_data, kl_weight=self.kl_weight)
         names = list(self.momentum)
         params = [ens.particles[n] for n in names]
         grads = torch.autograd.grad(u.sum(), params, allow_unused=True)

@@ -46,6 +46,7 @@ import math
 import torch
 from torch import Tensor
 
+from .ard import _positive_int
 from .ensemble import Ensemble
 
 
@@ -122,8 +123,7 @@ class SVGD:
         kl_weight: float = 1.0,
         bandwidth: float | None = None,
     ) -> None:
-        if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"num_data must be a positive int, got {num_data!r}")
+        _positive_int("num_data", num_data)
         if not kl_weight >= 0:
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
         self.ensemble = ensemble
@@ -133,15 +133,8 @@ class SVGD:
         self.bandwidth = check_bandwidth(bandwidth)
 
     def potential(self, losses: Tensor) -> Tensor:
-        """``U_i = losses_i + β · prior_i / N``, ``(P,)``: ``−log p(θ_i | D) / N`` up to a constant at ``β = 1``."""
-        p = self.ensemble.num_particles
-        if losses.shape != (p,):
-            raise ValueError(
-                f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
-            )
-        if self.kl_weight == 0:
-            return losses
-        return losses + self.kl_weight * self.ensemble.prior_losses().to(losses.dtype) / self.num_data
+        """``U_i`` of every particle, ``(P,)`` (:meth:`~.ensemble.Ensemble.potentials` at this ``N`` and ``β``)."""
+        return self.ensemble.potentials(losses, num_data=self.num_data, kl_weight=self.kl_weight)
 
     def gradients(self, losses: Tensor, features: Tensor) -> dict[str, float]:
         """Write the SVGD descent gradient ``g_i`` into the particles' ``.grad``; returns the mean ``U`` and ``h``.
