@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import bayestensor as bt
-from bayestensor.tensors import FactorizedTensor
+from bayestensor.tensors import POSTERIORS, FactorizedTensor
 
 FORMATS = bt.available_formats()
 SHAPE = ((2, 3, 2), (3, 2, 2))
@@ -44,9 +44,9 @@ def test_map_prior_loss_is_negative_log_joint(fmt):
 def test_svi_kl_against_monte_carlo(fmt):
     t = tensor(fmt, "svi")
     with torch.no_grad():
-        for r in t.raw_scales:
+        for r in t.posterior.raw_scales:
             r.uniform_(-3, -1)
-    mu, sigma = list(t.factors), t.scales()
+    mu, sigma = list(t.factors), t.posterior.scales()
     n = 4000
     draws = []
     with torch.no_grad():
@@ -67,14 +67,14 @@ def test_cp_kl_equals_torch_distributions_kl():
     lam = t.rank_variances()[0]
     kl = sum(
         kl_divergence(Normal(m, s), Normal(torch.zeros_like(m), lam.sqrt().expand_as(m))).sum()
-        for m, s in zip(t.factors, t.scales(), strict=True)
+        for m, s in zip(t.factors, t.posterior.scales(), strict=True)
     )
     torch.testing.assert_close(t.prior_loss(), kl - t.prior.log_prob(lam).sum())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("prior", bt.available_priors())
-@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("method", list(POSTERIORS))
 def test_m_step_is_a_stationary_minimum_of_the_loss_in_lambda(fmt, prior, method):
     t = tensor(fmt, method, prior=prior)
     t.update_rank_variances_()
@@ -95,7 +95,7 @@ def test_svi_elbo_gradient_matches_hand_derivation():
     """Rank-1 CP matrix W = u vᵀ, loss ½‖W_s − T‖² + KL, with W_s a reparameterised sample."""
     t = FactorizedTensor("cp", (3,), (4,), 1, method="svi", dtype=torch.float64, prior="log_uniform")
     with torch.no_grad():
-        for r in t.raw_scales:
+        for r in t.posterior.raw_scales:
             r.uniform_(-2, 0)
     target = torch.randn(3, 4, dtype=torch.float64)
     t.train()
@@ -104,7 +104,7 @@ def test_svi_elbo_gradient_matches_hand_derivation():
     loss = 0.5 * (u_s @ v_s.T - target).square().sum() + t.prior_loss()
     loss.backward()
     with torch.no_grad():
-        (mu_u, mu_v), (rho_u, rho_v) = list(t.factors), list(t.raw_scales)
+        (mu_u, mu_v), (rho_u, rho_v) = list(t.factors), list(t.posterior.raw_scales)
         sig_u, sig_v = F.softplus(rho_u), F.softplus(rho_v)
         eps_u, eps_v = (u_s - mu_u) / sig_u, (v_s - mu_v) / sig_v
         resid = u_s @ v_s.T - target
@@ -119,7 +119,7 @@ def test_svi_elbo_gradient_matches_hand_derivation():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("method", list(POSTERIORS))
 def test_regauge_keeps_the_weight(fmt, method):
     layer = bt.TensorizedLinear(
         12, 12, format=fmt, max_rank=3, in_shape=(3, 4), out_shape=(4, 3), method=method, dtype=torch.float64

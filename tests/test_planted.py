@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import bayestensor as bt
 from bayestensor.data import planted_regression, planted_teacher
+from bayestensor.tensors import POSTERIORS
 
 # format -> (out_shape, in_shape, planted ranks); student max_rank 8 on a 64 x 64 weight
 PLANTED = {
@@ -21,7 +22,7 @@ def test_every_format_has_a_planted_case():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("method", list(POSTERIORS))
 @pytest.mark.parametrize("fmt", sorted(PLANTED))
 def test_ard_recovers_planted_ranks(fmt, method):
     torch.manual_seed(0)
@@ -57,7 +58,7 @@ SWEEP_SEEDS = range(2000, 2000 + len(bt.available_formats()))  # one fresh draw 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("method", list(POSTERIORS))
 @pytest.mark.parametrize("seed", SWEEP_SEEDS)
 def test_random_planted_case_fits_without_collapse(seed, method):
     """A drawn case (benchmarks/planted_sweep.py runs 24 of them): the fit holds and no layer collapses.
@@ -76,7 +77,7 @@ def test_random_planted_case_fits_without_collapse(seed, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["map", "svi"])
+@pytest.mark.parametrize("method", list(POSTERIORS))
 @pytest.mark.parametrize("seed", SWEEP_SEEDS)
 def test_random_planted_case_recovers_its_ranks_when_pruning_by_validation_loss(seed, method):
     """With ARD's tolerance and ``end_epoch(evaluate=held-out NLL)`` the sweep's full target holds on the CI draws.

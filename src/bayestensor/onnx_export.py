@@ -58,7 +58,7 @@ def export_onnx(
     names = list(input_names) if input_names is not None else [f"input_{i}" for i in range(len(inputs))]
     if len(names) != len(inputs):
         raise ValueError(f"expected {len(inputs)} input_names (one per example input), got {len(names)}")
-    svi = [n for n, m in model.named_modules() if isinstance(m, FactorizedTensor) and m.method == "svi"]
+    svi = [n for n, m in model.named_modules() if isinstance(m, FactorizedTensor) and m.posterior.stochastic]
     if svi:
         warnings.warn(
             f"export_onnx: {len(svi)} SVI weights ({svi[0]}, …) export their posterior mean (a point estimate); "

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
+from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, get_posterior
 from .objective import bayesian_tensors
 from .pruning import PruneReport, ranks, tensorized_layers
 
@@ -93,12 +93,12 @@ def as_point_mass(model: nn.Module, *, sample: bool = False) -> nn.Module:
     """A copy of ``model`` whose SVI tensors became MAP ones: their means, or one draw of ``q`` with ``sample``."""
     out = copy.deepcopy(model)
     for m in out.modules():
-        if isinstance(m, FactorizedTensor) and m.method == "svi":
+        if isinstance(m, FactorizedTensor) and m.posterior.stochastic:
             if sample:
-                for f, s in zip(m.factors, m.scales(), strict=True):
-                    f.add_(s * torch.randn_like(f))
-            del m.raw_scales
+                for f, draw in zip(m.factors, m.posterior.point_mass_draw(list(m.factors)), strict=True):
+                    f.copy_(draw)
             m.method = "map"
+            m.posterior = get_posterior("map")
             m.update_rank_variances_()
     return out
 
@@ -146,7 +146,7 @@ class Ensemble(nn.Module):
                         f"{tuple(first[name].shape)} as in particle 0"
                     )
         for m in models:
-            if any(isinstance(t, FactorizedTensor) and t.method == "svi" for t in m.modules()):
+            if any(isinstance(t, FactorizedTensor) and t.posterior.stochastic for t in m.modules()):
                 raise ValueError(
                     "a particle cannot hold SVI layers (method='svi'); build the ensemble with "
                     "Ensemble.clone(model, ...), which draws the particles from q"

@@ -63,7 +63,7 @@ def predict(
         draws = transform(model(x))  # (P, ...)
         draws = draws if num_samples is None else draws[:num_samples]
         return draws.mean(0), draws.std(0, unbiased=False)
-    stochastic = any(isinstance(m, FactorizedTensor) and m.method == "svi" for m in model.modules())
+    stochastic = any(isinstance(m, FactorizedTensor) and m.posterior.stochastic for m in model.modules())
     if not stochastic:
         out = transform(model(x))
         return out, torch.zeros_like(out)

@@ -18,9 +18,10 @@ the negative log prior (MAP) or KL term (SVI) is
     \mathcal{R} = \sum_{b,r} \Big[\frac{M_{b,r}}{2λ_{b,r}} + \frac{D_{b,r}}{2}\log(2πλ_{b,r})\Big]
     - \sum_{b,r} \log p(λ_{b,r}) - \mathbb{H}[q],
 
-where ``H[q]`` is the entropy of the mean-field Gaussian ``q`` (zero for MAP, whose ``q`` is a
-point mass and whose ``E[w²] = w²``). For entries with one governing bond this is exactly
-``KL(q ‖ N(0, λ))``.
+where ``H[q]`` is the entropy of the posterior ``q`` (zero for MAP, whose ``q`` is a point mass
+and whose ``E[w²] = w²``). For entries with one governing bond this is exactly
+``KL(q ‖ N(0, λ))``. The posterior is its own object (:mod:`bayestensor.tensors.posteriors`),
+chosen by ``method``; this module asks it for draws, ``E_q[w²]`` and ``H[q]``.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Normal
 
 from ..formats import RankSpec, Shape, get_format
 from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
+from .posteriors import POSTERIORS, Posterior, get_posterior
 
-METHODS = (None, "map", "svi")
+#: Training methods of one tensor: fixed ranks, or a rank prior with one of the registered posteriors.
+METHODS = (None, *POSTERIORS)
 RANK_UPDATES = ("em", "gradient")
 
 #: Default relative pruning threshold: rank component r of a bond is inactive when its
@@ -46,22 +47,11 @@ DEFAULT_PRUNE_THRESHOLD = 1e-3
 #: Starting size of a tensor built without ``max_rank``: its factors hold about this fraction of the
 #: dense matrix's entries (uniform ranks, see :meth:`~bayestensor.formats.TensorFormat.ranks_for_budget`).
 DEFAULT_START_FRACTION = 0.1
-#: Initial posterior std of SVI factors, relative to the factor's initial std.
-SVI_INIT_SCALE = 1e-2
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 def _slice_sums(t: Tensor, axis: int) -> Tensor:
     """Sum of ``t`` over every axis but ``axis``: one value per slice along ``axis``."""
     return t.sum(dim=[d for d in range(t.dim()) if d != axis])
-
-
-def _inverse_softplus_tensor(std: Tensor) -> Tensor:
-    """``ρ`` with ``softplus(ρ) = std`` (identity above 20, where softplus is)."""
-    return torch.where(std > 20, std, std.expm1().clamp_min(1e-30).log())
 
 
 class FactorizedTensor(nn.Module):
@@ -81,7 +71,8 @@ class FactorizedTensor(nn.Module):
         Parameter budget of ``max_rank=None`` relative to the dense matrix (default
         :data:`DEFAULT_START_FRACTION`); ignored when ``max_rank`` is given.
     method
-        ``None`` (fixed ranks), ``"map"`` or ``"svi"``.
+        ``None`` (fixed ranks), or a key of :data:`~bayestensor.tensors.posteriors.POSTERIORS`:
+        ``"map"`` (point mass) or ``"svi"`` (mean-field Gaussian).
     prior, prior_kwargs
         Registered rank prior and its hyper-parameters (``method`` not ``None``).
     rank_update
@@ -146,13 +137,8 @@ class FactorizedTensor(nn.Module):
             [nn.Parameter(torch.randn(s, **factory) * sd) for s, sd in zip(shapes, stds, strict=True)]
         )
         self._rescale_to_std_(init_std)
-        if method == "svi":
-            self.raw_scales = nn.ParameterList(
-                [
-                    nn.Parameter(torch.full(s, _inverse_softplus(SVI_INIT_SCALE * sd), **factory))
-                    for s, sd in zip(shapes, stds, strict=True)
-                ]
-            )
+        self.posterior: Posterior = get_posterior(method)
+        self.posterior.create_(list(self.factors), stds)
         if method is not None:
             self.prior = get_prior(prior, **(prior_kwargs or {}))
             lam_dtype = torch.float32 if factory["dtype"] in (torch.float16, torch.bfloat16) else factory["dtype"]
@@ -204,15 +190,11 @@ class FactorizedTensor(nn.Module):
         return init_from_matrix_(self, matrix, init=init, n_iter=n_iter)
 
     # ------------------------------------------------------------------ factors
-    def scales(self) -> list[Tensor]:
-        """Posterior stds ``σ = softplus(ρ)`` of the SVI factors."""
-        return [F.softplus(r) for r in self.raw_scales]
-
     def tensors(self) -> list[Tensor]:
-        """The factors to compute with: a reparameterised sample when sampling, else the means."""
+        """The factors to compute with: a draw of the posterior when sampling, else the means."""
         means = list(self.factors)
-        if self.method == "svi" and (self.training or self.sample_in_eval):
-            return [m + s * torch.randn_like(m) for m, s in zip(means, self.scales(), strict=True)]
+        if self.posterior.stochastic and (self.training or self.sample_in_eval):
+            return self.posterior.sample(means)
         return means
 
     def to_matrix(self) -> Tensor:
@@ -237,9 +219,7 @@ class FactorizedTensor(nn.Module):
     # ------------------------------------------------------------------ Bayesian terms
     def rank_statistics(self) -> tuple[list[Tensor], list[Tensor]]:
         """Per bond, ``M_r = Σ E_q[w²]`` and ``D_r`` over the slices that bond's ``λ_r`` governs."""
-        second = [m.square() for m in self.factors]
-        if self.method == "svi":
-            second = [s2 + sc.square() for s2, sc in zip(second, self.scales(), strict=True)]
+        second = self.posterior.second_moments(list(self.factors))
         energies, counts = [], []
         groups = self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks)
         for group in groups:
@@ -261,14 +241,11 @@ class FactorizedTensor(nn.Module):
             energy = energy.to(lam.dtype)
             total = total + (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum()
             total = total - self.prior.log_prob(lam).sum()
-        if self.method == "svi":
-            for m, s in zip(self.factors, self.scales(), strict=True):
-                total = total - Normal(m, s).entropy().sum().to(total.dtype)
-        return total
+        return total - self.posterior.entropy(list(self.factors)).to(total.dtype)
 
     def _versions(self) -> tuple[int, ...]:
-        """Version counters of the factors (and SVI scales): they change with every in-place update."""
-        params = list(self.factors) + (list(self.raw_scales) if self.method == "svi" else [])
+        """Version counters of the factors and posterior parameters: they change with every in-place update."""
+        params = list(self.factors) + [p for plist in self.posterior.factor_parameters() for p in plist]
         return tuple(id(p) for p in params) + tuple(p._version for p in params)
 
     def rank_variances_are_current(self) -> bool:
@@ -350,7 +327,7 @@ class FactorizedTensor(nn.Module):
     def truncate_(self, keep: Sequence[Tensor], optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Physically keep only rank indices ``keep[b]`` of every bond ``b``.
 
-        Factors, variational scales and rank variances are replaced by smaller tensors. When
+        Factors, the posterior's factor-shaped parameters and rank variances are replaced by smaller tensors. When
         ``optimizer`` is given its parameter references and per-parameter state (e.g. Adam's
         moments) are truncated the same way, so training continues with the same optimizer.
         Returns whether anything changed.
@@ -368,7 +345,7 @@ class FactorizedTensor(nn.Module):
                 t = t.index_select(axis, idx)
             return t.contiguous()
 
-        lists = [self.factors] + ([self.raw_scales] if self.method == "svi" else [])
+        lists = [self.factors, *self.posterior.factor_parameters()]
         for plist in lists:
             for f in range(len(plist)):
                 old = plist[f]
@@ -399,8 +376,9 @@ class FactorizedTensor(nn.Module):
         and ``R_a R_bᵀ = U S Vᵀ``, the choice ``T = R_a^{-1} U S^{1/2}`` makes both sides carry
         ``S^{1/2}`` on orthogonal slices, so each rank index holds one singular direction and the
         per-index ARD variances can switch off the weak ones; a per-index prior cannot break the
-        rotation symmetry between indices on its own. SVI scales are mapped through the same linear
-        map (``σ'² = σ² (T∘T)``). Optimizer state of the rotated factors is reset.
+        rotation symmetry between indices on its own. The posterior follows the same linear map
+        (:meth:`~bayestensor.tensors.posteriors.Posterior.rotate_`). Optimizer state of the rotated
+        factors is reset.
         """
         dtype = torch.float64
         for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
@@ -422,20 +400,12 @@ class FactorizedTensor(nn.Module):
             tb = (root[:, None] * vh) @ torch.linalg.pinv(rb.T)  # (r, r)
             new_a = (a @ ta).reshape(*ga.movedim(aa, -1).shape).movedim(-1, aa)
             new_b = (tb @ b).reshape(*gb.movedim(ab, 0).shape).movedim(0, ab)
-            if self.method == "svi":
-                sa, sb = self.scales()[fa], self.scales()[fb]
-                var_a = sa.movedim(aa, -1).reshape(-1, r).to(dtype).square() @ ta.square()
-                var_b = tb.square() @ sb.movedim(ab, 0).reshape(r, -1).to(dtype).square()
-                for f, var, axis, first in ((fa, var_a, aa, False), (fb, var_b, ab, True)):
-                    like = self.raw_scales[f]
-                    moved = like.movedim(axis, 0 if first else -1).shape
-                    std = var.sqrt().reshape(moved).movedim(0 if first else -1, axis)
-                    like.copy_(_inverse_softplus_tensor(std).to(like.dtype))
+            self.posterior.rotate_(fa, aa, ta, leading=False)
+            self.posterior.rotate_(fb, ab, tb, leading=True)
             ga.copy_(new_a.to(ga.dtype))
             gb.copy_(new_b.to(gb.dtype))
             if optimizer is not None:
-                for p in (ga, gb) + ((self.raw_scales[fa], self.raw_scales[fb]) if self.method == "svi" else ()):
-                    optimizer.state.pop(p, None)
+                self._reset_optimizer_state_(optimizer, (fa, fb))
         self.update_rank_variances_()
 
     def _balance_(self, members: Sequence[tuple[int, int]], optimizer: torch.optim.Optimizer | None) -> None:
@@ -452,13 +422,15 @@ class FactorizedTensor(nn.Module):
             shape = [1] * self.factors[f].dim()
             shape[axis] = -1
             self.factors[f].mul_(scale.view(shape))
-            if self.method == "svi":
-                std = self.scales()[f] * scale.view(shape)
-                self.raw_scales[f].copy_(_inverse_softplus_tensor(std))
+            self.posterior.rescale_(f, axis, scale)
             if optimizer is not None:
-                optimizer.state.pop(self.factors[f], None)
-                if self.method == "svi":
-                    optimizer.state.pop(self.raw_scales[f], None)
+                self._reset_optimizer_state_(optimizer, (f,))
+
+    def _reset_optimizer_state_(self, optimizer: torch.optim.Optimizer, factors: Sequence[int]) -> None:
+        """Drop the optimizer state of factors ``factors`` and of the posterior's parameters shaped like them."""
+        for plist in (self.factors, *self.posterior.factor_parameters()):
+            for f in factors:
+                optimizer.state.pop(plist[f], None)
 
     def prune_(
         self,
@@ -489,6 +461,9 @@ class FactorizedTensor(nn.Module):
         unexpected_keys,
         error_msgs,
     ):
+        for key in [k for k in state_dict if k.startswith(f"{prefix}raw_scales.")]:
+            # checkpoints from before the posterior objects kept the SVI scales on the tensor itself
+            state_dict[f"{prefix}posterior.{key[len(prefix) :]}"] = state_dict.pop(key)
         shapes = [
             state_dict[k].shape for k in (f"{prefix}factors.{f}" for f in range(len(self.factors))) if k in state_dict
         ]

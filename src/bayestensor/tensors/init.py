@@ -3,7 +3,8 @@
 ``init="decompose"`` (for a trained weight) runs the format's decomposition
 (:func:`~bayestensor.tensors.decompose.decompose`), copies the factors, and re-initialises the
 Bayesian state from them: the rank variances ``λ`` take their closed-form MAP value for the new
-factors and SVI posterior scales start at :data:`SVI_INIT_SCALE` of each factor's scale.
+factors and the posterior restarts its spread (:meth:`~bayestensor.tensors.posteriors.Posterior.reset_`;
+SVI scales start at :data:`~bayestensor.tensors.posteriors.SVI_INIT_SCALE` of each factor's scale).
 ``init="random"`` (for training from scratch) keeps the tensor's random factors, which were drawn
 so that the reconstructed weight has the dense weight's standard deviation
 (:func:`dense_init_std`). Either way the relative error ``‖W − Ŵ‖_F / ‖W‖_F`` is returned (about
@@ -50,8 +51,6 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
 
     Returns the relative reconstruction error of the tensor against ``matrix`` (module docstring).
     """
-    from .factorized import SVI_INIT_SCALE, _inverse_softplus
-
     check_init(init)
     out_shape, in_shape, ranks = tensor.out_shape, tensor.in_shape, list(tensor.ranks)
     work = matrix.detach().to(torch.float64)  # decompose in double, store in the tensor's dtype
@@ -63,10 +62,7 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
     error = relative_error(tensor.fmt.name, factors, full, out_shape, in_shape, ranks)
     for p, f in zip(tensor.factors, factors, strict=True):
         p.copy_(f.to(p))
-    if tensor.method == "svi":
-        for raw, f in zip(tensor.raw_scales, tensor.factors, strict=True):
-            scale = float(f.float().std()) if f.numel() > 1 else float(f.float().abs().mean())
-            raw.fill_(_inverse_softplus(max(SVI_INIT_SCALE * scale, 1e-8)))
+    tensor.posterior.reset_(list(tensor.factors))
     if tensor.method is not None:
         energies, counts = tensor.rank_statistics()
         for b, (e, c) in enumerate(zip(energies, counts, strict=True)):
