@@ -36,6 +36,7 @@ from ..formats import RankSpec, Shape, get_format
 from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
 from .posteriors import POSTERIORS, Posterior, get_posterior
+from .statistics import StatisticsPlan, statistics_plan
 
 #: Training methods of one tensor: fixed ranks, or a rank prior with one of the registered posteriors.
 METHODS = (None, *POSTERIORS)
@@ -217,30 +218,28 @@ class FactorizedTensor(nn.Module):
         return [getattr(self, f"log_rank_variance_{b}").exp() for b in range(self.num_bonds)]
 
     # ------------------------------------------------------------------ Bayesian terms
+    def statistics_plan(self) -> StatisticsPlan:
+        """The cached layout of the rank statistics at the current ranks (:mod:`.statistics`)."""
+        return statistics_plan(self.fmt.name, self.out_shape, self.in_shape, tuple(self.ranks))
+
+    def flat_rank_statistics(self) -> tuple[Tensor, Tensor]:
+        """``M`` and ``D`` of all bonds in one vector each, bond after bond (:mod:`.statistics`)."""
+        return self.statistics_plan().energies(self.posterior.second_moments(list(self.factors)))
+
     def rank_statistics(self) -> tuple[list[Tensor], list[Tensor]]:
         """Per bond, ``M_r = Σ E_q[w²]`` and ``D_r`` over the slices that bond's ``λ_r`` governs."""
-        second = self.posterior.second_moments(list(self.factors))
-        energies, counts = [], []
-        groups = self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks)
-        for group in groups:
-            energy, count = 0.0, 0
-            for f, axis in group.members:
-                energy = energy + _slice_sums(second[f], axis)  # (r,)
-                count += second[f].numel() // second[f].shape[axis]
-            energies.append(energy)
-            counts.append(torch.full_like(energy, float(count)))
-        return energies, counts
+        energy, count = self.flat_rank_statistics()
+        plan = self.statistics_plan()
+        return plan.split(energy), plan.split(count)
 
     def prior_loss(self) -> Tensor:
-        """``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats."""
+        """``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression."""
         if self.method is None:
             return self.factors[0].new_zeros(())
-        energies, counts = self.rank_statistics()
-        total = torch.zeros((), dtype=self.rank_variances()[0].dtype, device=self.factors[0].device)
-        for energy, count, lam in zip(energies, counts, self.rank_variances(), strict=True):
-            energy = energy.to(lam.dtype)
-            total = total + (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum()
-            total = total - self.prior.log_prob(lam).sum()
+        energy, count = self.flat_rank_statistics()
+        lam = torch.cat(self.rank_variances())
+        energy, count = energy.to(lam.dtype), count.to(lam.dtype)
+        total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
         return total - self.posterior.entropy(list(self.factors)).to(total.dtype)
 
     def _versions(self) -> tuple[int, ...]:
@@ -273,13 +272,11 @@ class FactorizedTensor(nn.Module):
         A pure function of the factors and ``λ`` (``rank_update="em"`` only), so it also runs
         under ``torch.func.vmap`` over the particles of an ensemble.
         """
-        energies, counts = self.rank_statistics()
-        out = []
-        for energy, count, lam in zip(energies, counts, self.rank_variances(), strict=True):
-            target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
-            new = (1.0 - self.em_step) * lam + self.em_step * target
-            out.append(new.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5))
-        return out
+        energy, count = self.flat_rank_statistics()
+        lam = torch.cat(self.rank_variances())
+        target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
+        new = ((1.0 - self.em_step) * lam + self.em_step * target).clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
+        return self.statistics_plan().split(new)
 
     @torch.no_grad()
     def update_rank_variances_(self) -> None:

@@ -1,0 +1,136 @@
+"""One full training step of a tensorized model against its dense twin: fixed rank, MAP and SVI.
+
+Run:  python benchmarks/train_step.py [--model fc|cnn|all] [--batch 128] [--threads 1] [--rounds 15]
+      [--device cpu|cuda]
+
+A step is forward, cross-entropy, the prior term through ``bt.ARD`` (``β = 1`` from the first
+step, so the prior, its gradient and the λ M-step in the optimizer hook all run), backward and an
+Adam update. The models:
+
+* ``fc``: Fashion-MNIST's 784-512-10 MLP, both layers TTM, max rank 14;
+* ``cnn``: a LeNet-like net, conv 1→32 5×5 (dense, too small to tensorize), TT conv 32→64 5×5,
+  TT FC 3136→512 (rank 16), FC 512→10 (dense).
+
+Every case is timed interleaved with the others round by round; the table gives the median over
+rounds of each case's time over the dense step's time in the same round. A last row per model
+times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a MAP step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_samples, paired_ratios, print_table  # noqa: E402
+
+import bayestensor as bt  # noqa: E402
+
+NUM_DATA = 60_000
+
+
+def fc() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3136, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
+    )
+
+
+MODELS = {"fc": (fc, "ttm", 14, 1000), "cnn": (cnn, "tt", 16, 10_000)}
+
+
+def build(name: str, method: str | None, device: str) -> nn.Module:
+    """The dense model (``method="dense"``) or its tensorized twin with ``method`` (``None`` = fixed rank)."""
+    torch.manual_seed(0)
+    make, fmt, rank, min_params = MODELS[name]
+    model = make()
+    if method != "dense":
+        model, _ = bt.tensorize(model, format=fmt, max_rank=rank, method=method, init="random", min_params=min_params)
+    return model.to(device)
+
+
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ard = bt.ARD(model, opt, num_data=NUM_DATA, epochs=1, no_kl_epochs=0, warmup_epochs=0) if bayes else None
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        if ard is not None:
+            loss = ard.loss(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def prior_fn(model: nn.Module):
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        (bt.prior_loss(model) / NUM_DATA).backward()
+
+    return step
+
+
+def run(name: str, args: argparse.Namespace) -> None:
+    x = torch.randn(args.batch, 1, 28, 28, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
+    cases, params = {}, {}
+    for method in ("dense", None, "map", "svi"):
+        model = build(name, method, args.device)
+        label = {"dense": "dense", None: "fixed rank", "map": "MAP", "svi": "SVI"}[method]
+        cases[label] = step_fn(model, x, y, bayes=method in ("map", "svi"))
+        params[label] = bt.count_params(model) if method != "dense" else sum(p.numel() for p in model.parameters())
+        if method == "map":
+            cases["MAP prior term only"] = prior_fn(model)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    samples = interleaved_samples(cases, rounds=args.rounds, inner=args.inner, sync=sync)
+    ratios = paired_ratios(samples, "dense")
+    rows = [
+        [k, f"{statistics.median(v) * 1e3:.2f}", f"{ratios[k]:.2f}x", f"{params.get(k, '')}"]
+        for k, v in samples.items()
+    ]
+    print_table(
+        f"{name}: one training step, batch {args.batch}, {args.device}, threads {torch.get_num_threads()}",
+        ["case", "median ms", "/ dense (paired)", "parameters"],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="all")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    for name in MODELS if args.model == "all" else [args.model]:
+        run(name, args)
+
+
+if __name__ == "__main__":
+    main()
