@@ -18,7 +18,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, print_table  # noqa: E402
 
-from bayestensor.layers.conv import TensorizedConv2d, conv_plan  # noqa: E402
+from bayestensor.functional import conv_plan  # noqa: E402
+from bayestensor.layers.conv import TensorizedConv2d  # noqa: E402
 
 C, K, HW = 256, 3, 32
 SHAPES = {  # channel modes per format

@@ -1,9 +1,11 @@
-"""A/B of the planned contractions: this checkout's ``functional/contraction.py`` against a git revision's.
+"""A/B of the planned contractions: this checkout's ``bayestensor.functional`` against a git revision's.
 
 Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256]
 
-Both versions run side by side in one process on the same factors: the older file is read with
-``git show REV:src/bayestensor/functional/contraction.py`` and imported as a separate module. Cases,
+Both versions run side by side in one process on the same factors: the revision's
+``src/bayestensor/functional/`` is extracted with ``git archive`` and imported as a separate
+package (before its split into planning / cost model / two-stage / reconstruction modules it was
+one ``contraction.py``; either loads). Cases,
 all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256 (``--batch``), float32:
 
 * ``factorized_linear`` of each format (the strategy its cost model picks), against ``nn.Linear``;
@@ -18,9 +20,13 @@ Ratios are medians over rounds of each case's time over the reference's in the s
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import re
 import subprocess
 import sys
+import tarfile
+import tempfile
 import types
 from pathlib import Path
 
@@ -30,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_samples, paired_ratios, print_table  # noqa: E402
 
 import bayestensor as bt  # noqa: E402
-from bayestensor.functional import contraction as current  # noqa: E402
+from bayestensor import functional as current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 4, 8, 8)
@@ -38,17 +44,22 @@ CASES = (("ttm", 4), ("ttm", 38), ("tt", 16), ("tt", 76), ("tucker", 4), ("cp", 
 
 
 def load_revision(rev: str) -> types.ModuleType:
-    """``functional/contraction.py`` as it was at ``rev``, imported as its own module."""
-    src = subprocess.run(
-        ["git", "show", f"{rev}:src/bayestensor/functional/contraction.py"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    src = re.sub(r"from \.\.(\w+)", r"from bayestensor.\1", src)
-    src = re.sub(r"from \.(\w+)", r"from bayestensor.functional.\1", src)
-    module = types.ModuleType(f"contraction_{rev}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(src, f"{rev}:contraction.py", "exec"), module.__dict__)
-    return module
+    """``bayestensor/functional/`` as it was at ``rev``, imported as its own package ``functional_<rev>``."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "src/bayestensor/functional"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    root = Path(tempfile.mkdtemp(prefix="linear_ab_"))
+    name = "functional_" + re.sub(r"\W", "_", rev)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.endswith(".py"):
+                text = tar.extractfile(member).read().decode()
+                # imports of the rest of the package (formats, ...) resolve to this checkout's
+                text = re.sub(r"from \.\.(\w+)", r"from bayestensor.\1", text)
+                (root / name).mkdir(exist_ok=True)
+                (root / name / Path(member.name).name).write_text(text)
+    sys.path.insert(0, str(root))
+    return importlib.import_module(name)
 
 
 def main() -> None:

@@ -141,7 +141,7 @@ def test_bfloat16_forward(fmt):
 def test_tucker_two_conv_is_chosen_for_low_rank():
     # Tucker-2 style: ranks far below the channel count -> the factorized sequence wins
     m = TensorizedConv2d(64, 64, 3, padding=1, format="tucker", max_rank=[8, 9, 8], in_shape=(64,), out_shape=(64,))
-    from bayestensor.layers.conv import conv_plan
+    from bayestensor.functional import conv_plan
 
     chosen, costs, split = conv_plan("tucker", m.tensor_out_shape, m.tensor_in_shape, tuple(m.weight.ranks), 8, 64, 64)
     assert chosen == "factorized" and split.sizes[3] == 8 and costs["factorized"] < costs["reconstruct"]

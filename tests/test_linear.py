@@ -192,14 +192,14 @@ def _check_grads_against_dense(layer, x, backward):
 
 def _in_two_row_passes(fmt, in_s, out_s, rank, monkeypatch):
     """A ``two_stage`` layer whose batches of 5 run in passes of 2 rows (the last one ragged)."""
-    from bayestensor.functional import contraction
+    from bayestensor.functional import cost_model
 
     n_in, n_out = math.prod(in_s), math.prod(out_s)
     layer = make(fmt, (n_in, n_out, in_s, out_s), "two_stage", rank=rank)
     ranks = tuple(layer.weight.ranks)
     dims = linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.dims
-    monkeypatch.setattr(contraction, "_PLAN_CACHE", {})
-    monkeypatch.setattr(contraction, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
+    monkeypatch.setattr(cost_model, "_PLAN_CACHE", {})
+    monkeypatch.setattr(cost_model, "WAIST_CHUNK_ELEMS", 2 * dims[2] * dims[3])
     assert linear_plan(fmt, out_s, in_s, ranks, 5).two_stage.chunk_rows == 2
     return layer
 

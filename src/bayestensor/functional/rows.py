@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..formats import get_format
 from .constant import assume_constant_result
-from .contraction import batch_bucket, index_symbols, plan_contraction, run_steps
+from .planning import batch_bucket, index_symbols, plan_contraction, run_steps
 
 #: ``kernel(row_shape, factors, digits, n) -> (n, prod(col_shape))``
 RowKernel = Callable[[tuple[int, ...], Sequence[Tensor], list[Tensor], int], Tensor]

@@ -24,44 +24,27 @@ spatial factor), each group is pre-contracted into a super-factor, and
 where indices of ``u`` that ``S_S`` does not touch are folded into the batch, and indices
 shared by ``u``, ``S_S`` and ``S_Q`` (CP's hyper-edge) become convolution groups. This is the
 CP / Tucker-2 decomposed convolution (Lebedev et al. 2015; Kim et al. 2016) generalised to any
-index network. The split and the strategy are chosen by a FLOP + memory-traffic cost model and
-cached per ``(format, shapes, ranks, batch bucket, spatial size)``.
+index network. The split and the strategy are chosen by a FLOP + memory-traffic cost model
+(:mod:`bayestensor.functional.conv_plan`) and cached per ``(format, shapes, ranks, batch bucket,
+spatial size)``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import (
-    assume_constant_result,
-    batch_bucket,
-    cast_all,
-    compute_dtype,
-    index_symbols,
-    plan_contraction,
-    reconstruct_matrix,
-    run_steps,
-)
+from ..functional import cast_all, compute_dtype, conv_plan_constant, reconstruct_matrix, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 from ..tensors.module import tensor_export_kwargs
 from ._from_dense import factory_kwargs, padded, start_from_dense
 
 STRATEGIES = ("auto", "factorized", "reconstruct")
-
-#: Cost, in FLOP equivalents, of reading or writing one activation element (memory-bound steps).
-MEMORY_COST = 16.0
-#: Relative per-FLOP cost of the three-kernel factorized sequence against one dense convolution.
-FACTORIZED_PENALTY = 1.2
-#: Splits whose batch-dependent cost is within the best few are planned exactly.
-_EXACT_CANDIDATES = 6
 
 
 IntPair = int | tuple[int, int]
@@ -75,179 +58,6 @@ def _pair(v: IntPair | Sequence[int], name: str) -> tuple[int, int]:
     else:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
     return out
-
-
-@dataclass(frozen=True)
-class ConvSplit:
-    """One factorized sequence ``P | S | Q`` with its einsum equations (see the module docstring)."""
-
-    p: tuple[int, ...]
-    s: tuple[int, ...]
-    q: tuple[int, ...]
-    eq1: str  # x[, S_P] -> u  ("b I p" -> "b pass grp cin p")
-    s_out: str  # S_S layout: grp cout cin s
-    eq3: str  # v[, S_Q] -> y  ("b pass grp cout p" -> "b O p")
-    sizes: tuple[int, int, int, int]  # |pass|, |grp|, |cout|, |cin|
-    v_modes: tuple[int, ...]  # sizes of the pass, grp, cout indices of v
-    p_term: str
-    q_term: str
-    cost: float
-
-
-_CONV_PLANS: dict[tuple, tuple] = {}
-
-
-def conv_plan(
-    fmt: str,
-    out_shape: tuple[int, ...],
-    in_shape: tuple[int, ...],
-    ranks: tuple[int, ...],
-    batch: int,
-    pixels_in: int,
-    pixels_out: int,
-) -> tuple[str, dict[str, float], ConvSplit | None]:
-    r"""Choose between reconstruction and the cheapest factorized sequence for one convolution.
-
-    ``in_shape[0]`` is the spatial mode ``kh·kw``. With ``B`` the batch bucket, ``P_in`` /
-    ``P_out`` the input / output pixels and ``|·|`` the product of index sizes, the costs are
-
-    .. math::
-
-        C_\text{rec} = \text{flops}(W) + 2 B P_\text{out} M N + μ B (P_\text{in} N + P_\text{out} M),
-
-        C_\text{fac} = ρ \big[\textstyle\sum_g \text{flops}(S_g) + 2 B P_\text{in}|x ∪ S_P|
-        + 2 B P_\text{out} |\text{pass}||\text{grp}||\text{cin}||\text{cout}| k_h k_w
-        + 2 B P_\text{out} |v ∪ S_Q| + μ B (P_\text{in}|u| + P_\text{out}|v|)\big],
-
-    with ``μ`` = :data:`MEMORY_COST` and ``ρ`` = :data:`FACTORIZED_PENALTY`. Returns the chosen
-    strategy, the costs and the best split.
-    """
-    key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out)
-    if key in _CONV_PLANS:
-        return _CONV_PLANS[key]
-    bsz = batch_bucket(batch)
-    network = get_format(fmt).network(out_shape, in_shape, ranks)
-    sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
-    sizes = {sym[k]: v for k, v in network.sizes.items()}
-    terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
-    s_idx = sym[network.in_indices[0]]
-    x_modes = "".join(sym[i] for i in network.in_indices[1:])
-    o_modes = "".join(sym[i] for i in network.out_indices)
-    size = lambda idx: math.prod(sizes[c] for c in idx)  # noqa: E731
-    n_out, n_in, khkw = math.prod(out_shape), math.prod(in_shape[1:]), in_shape[0]
-    _, recon_flops, _ = plan_contraction(terms, o_modes + s_idx + x_modes, sizes)
-    costs = {
-        "reconstruct": recon_flops
-        + 2.0 * bsz * pixels_out * n_out * n_in * khkw
-        + MEMORY_COST * bsz * (pixels_in * n_in + pixels_out * n_out)
-    }
-    sf = next(f for f, t in enumerate(terms) if s_idx in t)
-    others = [f for f in range(len(terms)) if f != sf]
-    candidates = []
-    for assign in itertools.product(range(3), repeat=len(others)):
-        p = tuple(f for f, a in zip(others, assign, strict=True) if a == 0)
-        q = tuple(f for f, a in zip(others, assign, strict=True) if a == 2)
-        s = tuple(sorted((sf, *(f for f, a in zip(others, assign, strict=True) if a == 1))))
-        idx_p = set("".join(terms[f] for f in p))
-        idx_s = set("".join(terms[f] for f in s))
-        idx_q = set("".join(terms[f] for f in q))
-        later = idx_s | idx_q | set(o_modes)
-        u = (set(x_modes) | idx_p) & later
-        after_s = idx_q | set(o_modes)
-        cin = sorted((u & idx_s) - after_s)
-        grp = sorted(u & idx_s & after_s)
-        pas = sorted(u - idx_s)
-        cout = sorted((idx_s & after_s) - u - {s_idx})
-        v = pas + grp + cout
-        p_term = "".join(sorted(idx_p & (set(x_modes) | later)))
-        q_term = "".join(sorted(idx_q & (set(v) | set(o_modes))))
-        step1 = 2.0 * bsz * pixels_in * size(set(x_modes) | set(p_term)) if p else 0.0
-        step2 = 2.0 * bsz * pixels_out * size(pas + grp + cout + cin) * khkw
-        step3 = 2.0 * bsz * pixels_out * size(set(v) | set(q_term)) if q else 0.0
-        traffic = MEMORY_COST * bsz * (pixels_in * (n_in + size(u)) + pixels_out * (size(v) + n_out))
-        candidates.append((step1 + step2 + step3 + traffic, p, s, q, pas, grp, cout, cin, p_term, q_term))
-    candidates.sort(key=lambda c: c[0])
-    best: ConvSplit | None = None
-    for cost, p, s, q, pas, grp, cout, cin, p_term, q_term in candidates[:_EXACT_CANDIDATES]:
-        s_out = "".join(grp + cout + cin) + s_idx
-        pre = sum(plan_contraction([terms[f] for f in g], out, sizes)[1] for g, out in ((p, p_term), (q, q_term)) if g)
-        pre += plan_contraction([terms[f] for f in s], s_out, sizes)[1]
-        total = (cost + pre) * FACTORIZED_PENALTY
-        if best is not None and total >= best.cost:
-            continue
-        u_out = "b" + "".join(pas + grp + cin) + "p"
-        eq1 = f"b{x_modes}p,{p_term}->{u_out}" if p else f"b{x_modes}p->{u_out}"
-        v_term = "b" + "".join(pas + grp + cout) + "p"
-        eq3 = f"{v_term},{q_term}->b{o_modes}p" if q else f"{v_term}->b{o_modes}p"
-        best = ConvSplit(
-            p,
-            s,
-            q,
-            eq1,
-            s_out,
-            eq3,
-            (size(pas), size(grp), size(cout), size(cin)),
-            tuple(sizes[c] for c in pas + grp + cout),
-            p_term,
-            q_term,
-            total,
-        )
-    if best is not None:
-        costs["factorized"] = best.cost
-    result = (min(costs, key=costs.__getitem__), costs, best)
-    _CONV_PLANS[key] = result
-    return result
-
-
-@assume_constant_result
-def conv_plan_constant(
-    fmt: str,
-    out_shape: tuple[int, ...],
-    in_shape: tuple[int, ...],
-    ranks: tuple[int, ...],
-    batch: int,
-    pixels_in: int,
-    pixels_out: int,
-    strategy: str,
-) -> tuple:
-    """The plan as nested constants (strings, ints, tuples), usable inside ``torch.compile``."""
-    key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out, strategy)
-    if key not in _CONV_CONSTANTS:
-        _CONV_CONSTANTS[key] = _conv_plan_payload(
-            fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out, strategy
-        )
-    return _CONV_CONSTANTS[key]
-
-
-_CONV_CONSTANTS: dict[tuple, tuple] = {}
-
-
-def _conv_plan_payload(
-    fmt: str,
-    out_shape: tuple[int, ...],
-    in_shape: tuple[int, ...],
-    ranks: tuple[int, ...],
-    batch: int,
-    pixels_in: int,
-    pixels_out: int,
-    strategy: str,
-) -> tuple:
-    chosen, costs, split = conv_plan(fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out)
-    if strategy != "auto":
-        chosen = strategy
-    if chosen == "reconstruct" or split is None:
-        return ("reconstruct", ())
-    network = get_format(fmt).network(out_shape, in_shape, ranks)
-    sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
-    sizes = {sym[k]: v for k, v in network.sizes.items()}
-    terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
-    p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()
-    q_steps = plan_contraction([terms[f] for f in split.q], split.q_term, sizes)[0] if split.q else ()
-    s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
-    return (
-        "factorized",
-        (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3, split.sizes, split.v_modes),
-    )
 
 
 def _conv_out(size: int, k: int, stride: int, pad: int, dil: int) -> int:
@@ -457,27 +267,28 @@ class TensorizedConv2d(TensorizedModule):
         if chosen == "reconstruct":
             y = F.conv2d(x, self._kernel(factors), bias, self.stride, self.padding, self.dilation, self.groups)
             return y.squeeze(0) if unbatched else y
-        p, s, q, p_steps, s_steps, q_steps, eq1, eq3, (n_pass, n_grp, n_cout, n_cin), v_modes = payload
+        plan = payload  # a ConvSteps
+        n_pass, n_grp, n_cout, n_cin = plan.sizes
         n_pad = math.prod(self.in_shape) - self.in_channels
         if n_pad:
             x = F.pad(x, (0, 0, 0, 0, 0, n_pad))  # zero channels meet never-used kernel entries
         xt = x.reshape(batch, *self.in_shape, height * width)  # (B, n_1..n_d, P_in)
-        if p:
-            sp = run_steps(p_steps, [factors[f] for f in p])  # super-factor of group P
-            u = torch.einsum(eq1, xt, sp)  # (B, pass, grp, cin, P_in): 1×1 channel contraction
+        if plan.p:
+            sp = run_steps(plan.p_steps, [factors[f] for f in plan.p])  # super-factor of group P
+            u = torch.einsum(plan.eq1, xt, sp)  # (B, pass, grp, cin, P_in): 1×1 channel contraction
         else:
-            u = torch.einsum(eq1, xt)  # (B, pass, grp, cin, P_in): a permutation
+            u = torch.einsum(plan.eq1, xt)  # (B, pass, grp, cin, P_in): a permutation
         u = u.reshape(batch * n_pass, n_grp * n_cin, height, width)
         kh, kw = self.kernel_size
-        ss = run_steps(s_steps, [factors[f] for f in s])  # (grp, cout, cin, kh·kw)
+        ss = run_steps(plan.s_steps, [factors[f] for f in plan.s])  # (grp, cout, cin, kh·kw)
         ss = ss.reshape(n_grp * n_cout, n_cin, kh, kw)
         v = F.conv2d(u, ss, None, self.stride, self.padding, self.dilation, n_grp)  # (B·pass, grp·cout, H', W')
-        v = v.reshape(batch, *v_modes, h_out * w_out)  # (B, pass, grp, cout, P_out)
-        if q:
-            sq = run_steps(q_steps, [factors[f] for f in q])  # super-factor of group Q
-            y = torch.einsum(eq3, v, sq)  # (B, m_1..m_d, P_out)
+        v = v.reshape(batch, *plan.v_modes, h_out * w_out)  # (B, pass, grp, cout, P_out)
+        if plan.q:
+            sq = run_steps(plan.q_steps, [factors[f] for f in plan.q])  # super-factor of group Q
+            y = torch.einsum(plan.eq3, v, sq)  # (B, m_1..m_d, P_out)
         else:
-            y = torch.einsum(eq3, v)
+            y = torch.einsum(plan.eq3, v)
         y = y.reshape(batch, math.prod(self.out_shape), h_out, w_out)
         if y.shape[1] != self.out_channels:
             y = y[:, : self.out_channels]
