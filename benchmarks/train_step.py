@@ -1,7 +1,7 @@
 """One full training step of a tensorized model against its dense twin: fixed rank, MAP and SVI.
 
 Run:  python benchmarks/train_step.py [--model fc|cnn|all] [--batch 128] [--threads 1] [--rounds 15]
-      [--device cpu|cuda]
+      [--device cpu|cuda] [--compile]
 
 A step is forward, cross-entropy, the prior term through ``bt.ARD`` (``β = 1`` from the first
 step, so the prior, its gradient and the λ M-step in the optimizer hook all run), backward and an
@@ -14,6 +14,10 @@ Adam update. The models:
 Every case is timed interleaved with the others round by round; the table gives the median over
 rounds of each case's time over the dense step's time in the same round. A last row per model
 times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a MAP step.
+
+``--compile`` adds the dense, MAP and SVI steps with their forward objective under
+``torch.compile(fullgraph=True, dynamic=False)`` (default inductor backend; backward is the
+compiled backward graph, the Adam step stays eager); compile time is spent in the warm-up, not timed.
 """
 
 from __future__ import annotations
@@ -67,14 +71,19 @@ def build(name: str, method: str | None, device: str) -> nn.Module:
     return model.to(device)
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool):
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool, compile: bool = False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     ard = bt.ARD(model, opt, num_data=NUM_DATA, epochs=1, no_kl_epochs=0, warmup_epochs=0) if bayes else None
 
-    def step() -> None:
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(model(x), y)
-        if ard is not None:
-            loss = ard.loss(loss)
+        return ard.loss(loss) if ard is not None else loss
+
+    if compile:
+        objective = torch.compile(objective, fullgraph=True, dynamic=False)
+
+    def step() -> None:
+        loss = objective(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -101,6 +110,11 @@ def run(name: str, args: argparse.Namespace) -> None:
         params[label] = bt.count_params(model) if method != "dense" else sum(p.numel() for p in model.parameters())
         if method == "map":
             cases["MAP prior term only"] = prior_fn(model)
+    if args.compile:
+        for method in ("dense", "map", "svi"):
+            model = build(name, method, args.device)
+            label = {"dense": "dense", "map": "MAP", "svi": "SVI"}[method] + " compiled"
+            cases[label] = step_fn(model, x, y, bayes=method != "dense", compile=True)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     samples = interleaved_samples(cases, rounds=args.rounds, inner=args.inner, sync=sync)
     ratios = paired_ratios(samples, "dense")
@@ -123,6 +137,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine")

@@ -22,6 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="parent folder of run folders (default: runs)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--dense", action="store_true", help="train the uncompressed twin with the same recipe")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        metavar="on|auto|off",
+        help="train the batch objective under torch.compile; --compile=auto falls back to eager if it cannot",
+    )
     p.add_argument("--config", help="TOML file with [model], [train], [data] sections")
     p.add_argument(
         "--set",
@@ -53,6 +60,7 @@ FLAGS = {
     "data_dir": "data.data_dir",
     "out": "out",
     "device": "train.device",
+    "compile": "train.compile",
 }
 
 

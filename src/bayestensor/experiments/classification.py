@@ -17,7 +17,7 @@ from .distributed import DistContext
 from .posterior import SamplerPhase
 from .progress import Console
 from .registry import Experiment
-from .step import objective_step
+from .step import optimizer_step
 
 
 @dataclass
@@ -133,14 +133,23 @@ class ClassificationTask:
                 advance()
         return out
 
+    def objective(self, net: nn.Module, ard: ARD) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The batch objective ``(x, y) -> (cross-entropy + β · prior_loss / N, prior_loss)`` (``ARD.objective``)."""
+        return lambda x, y: ard.objective(F.cross_entropy(net(x), y))
+
     def train_epoch(
-        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+        self,
+        net: nn.Module,
+        objective: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        console: Console,
     ) -> dict[str, float]:
         """One pass over this process's shard; returns mean ``train_loss`` and ``prior_loss`` per batch."""
         net.train()
 
         def step(x: Tensor, y: Tensor) -> tuple[float, float]:
-            return objective_step(F.cross_entropy(net(x), y), ard, optimizer)
+            return optimizer_step(*objective(x, y), optimizer)
 
         steps = self._pass(epoch, f"epoch {epoch + 1}", console, step)
         batches = max(len(steps), 1)

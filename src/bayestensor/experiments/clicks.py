@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import KAGGLE_ROWS, ClickBatch, SyntheticClicks, split_bounds
 from ..inference import ARD, sampling
@@ -19,7 +19,7 @@ from .distributed import DistContext, gather_objects
 from .progress import Console
 from .registry import Experiment
 from .run_state import peak_rss_mb
-from .step import objective_step
+from .step import optimizer_step
 
 
 class ClicksTask:
@@ -47,8 +47,17 @@ class ClicksTask:
     def _move(self, batch: ClickBatch) -> ClickBatch:
         return ClickBatch(*(t.to(self.device, non_blocking=True) for t in batch))
 
+    def objective(self, net: nn.Module, ard: ARD) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The batch objective ``(dense, sparse, label) -> (BCE + β · prior_loss / N, prior_loss)``."""
+        return lambda dense, sparse, label: ard.objective(F.binary_cross_entropy_with_logits(net(dense, sparse), label))
+
     def train_epoch(
-        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+        self,
+        net: nn.Module,
+        objective: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        console: Console,
     ) -> dict[str, float]:
         """One epoch of this process's batches; also measures training throughput (all processes)."""
         net.train()
@@ -57,8 +66,7 @@ class ClicksTask:
         with console.progress(len(self.train), f"epoch {epoch + 1}") as advance:
             for batch in self.train.epoch(epoch):
                 dense, sparse, label = self._move(batch)
-                task_loss = F.binary_cross_entropy_with_logits(net(dense, sparse), label)
-                loss, reg = objective_step(task_loss, ard, optimizer)
+                loss, reg = optimizer_step(*objective(dense, sparse, label), optimizer)
                 total, total_prior = total + loss, total_prior + reg
                 batches += 1
                 rows += label.shape[0]

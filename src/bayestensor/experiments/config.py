@@ -54,6 +54,7 @@ class TrainConfig:
     predict_samples: int = 32
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads per process; 0 leaves the default
+    compile: str = "off"  # "off" | "on" | "auto": the batch objective under torch.compile (auto: eager if it fails)
 
 
 @dataclass

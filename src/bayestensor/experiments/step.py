@@ -5,16 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..inference import ARD
 
+def optimizer_step(loss: Tensor, reg: Tensor, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """Minimise an objective ``loss`` (:meth:`~bayestensor.inference.ARD.objective`) by one optimizer step.
 
-def objective_step(task_loss: Tensor, ard: ARD, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
-    """Minimise ``task_loss + β(t) · prior_loss(model) / N`` (:meth:`ARD.objective`) by one optimizer step.
-
-    The λ M-step runs in ``ard``'s optimizer hook, after the step. Returns the total loss and
-    the prior term (0 without Bayesian layers) as floats, for logging.
+    The λ M-step runs in ARD's optimizer hook, after the step. Returns ``loss`` and the prior
+    term ``reg`` (0 without Bayesian layers) as floats, for logging.
     """
-    loss, reg = ard.objective(task_loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

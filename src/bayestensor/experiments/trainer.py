@@ -11,11 +11,12 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..inference import ARD, bayesian_tensors, ranks
 from ..io import save as export_model
@@ -23,6 +24,7 @@ from ..tensors import count_params, dense_params
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
+from .compiled import CompiledObjective, check_compile_mode, use_compile
 from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
 from .optim import make_optimizer
@@ -48,8 +50,15 @@ class Task(Protocol):
     num_train: int
     validation: Any  # the held-out examples of ``data.validation``, or ``None``
 
+    def objective(self, net: nn.Module, ard: ARD) -> Callable[..., tuple[Tensor, Tensor]]: ...
+
     def train_epoch(
-        self, net: nn.Module, ard: ARD, optimizer: torch.optim.Optimizer, epoch: int, console: Console
+        self,
+        net: nn.Module,
+        objective: Callable[..., tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        console: Console,
     ) -> dict[str, float]: ...
 
     def validation_loss(self, model: nn.Module) -> float: ...
@@ -131,6 +140,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     if console is None or not ctx.is_main:
         console = Console(quiet=None if ctx.is_main and console is None else True)
     exp = get_experiment(cfg.experiment)
+    check_compile_mode(cfg.train.compile)
     run_dir = Path(cfg.out) / cfg.run_name
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +192,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                 f"model.method={cfg.model.method!r} runs on the classification experiments in one process; "
                 f"{cfg.experiment!r} {why}"
             )
+    compiling = use_compile(cfg.train.compile, device)  # a compiler that does not work fails before any write
     if resume:
         ard.load_state_dict(state.get("ard") or {**ard.state_dict(), "epoch": start, "initial_rms": initial_rms})
     elif ctx.is_main:
@@ -189,6 +200,17 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     if ctx.is_main:
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     net = wrap(model, ctx)
+    compiled: list[CompiledObjective] = []
+
+    def make_objective(net: nn.Module) -> Callable[..., tuple[Tensor, Tensor]]:
+        """The task's batch objective for ``net``, compiled with ``train.compile``."""
+        objective = task.objective(net, ard)
+        if compiling:
+            compiled.append(CompiledObjective(objective, model))
+            return compiled[-1]
+        return objective
+
+    objective = make_objective(net)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
 
     validating = bayes and task.validation is not None
@@ -219,13 +241,14 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
 
     for epoch in range(start, cfg.train.epochs):
         beta = ard.beta
-        losses = task.train_epoch(net, ard, optimizer, epoch, console)
+        losses = task.train_epoch(net, objective, optimizer, epoch, console)
         if epoch + 1 == cfg.train.epochs:
             before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
         report_prune = ard.end_epoch(held_out_loss) if bayes else None
         pruned = report_prune.changed if report_prune is not None else None
-        if pruned:
+        if pruned and ctx.enabled:
             net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
+            objective = make_objective(net)
         row = {
             "epoch": epoch,
             **losses,
@@ -317,6 +340,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "validation_examples": cfg.data.validation,
         "epochs": cfg.train.epochs,
         "train_seconds": train_seconds,
+        "compile": cfg.train.compile,
+        "compiles": sum(c.compiles for c in compiled) if compiling else None,
         **task.report_extras(model, history),
         "peak_rss_mb": peak_rss_mb(),
         "run_dir": str(run_dir),

@@ -272,6 +272,11 @@ class ARD:
             )
         self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
         self.initial_compression = self.compression()
+        # β(t) as a 0-d tensor, refreshed whenever the schedule moves, so that a compiled loss reads
+        # it as a graph input instead of specialising on (and recompiling for) every new value
+        param = next(self.model.parameters(), None)
+        self.beta_tensor = torch.zeros((), dtype=torch.float64, device=param.device if param is not None else None)
+        self._sync_beta()
         self._hook = optimizer.register_step_post_hook(self._after_step)
 
     # ------------------------------------------------------------------ per step
@@ -303,15 +308,23 @@ class ARD:
         """The KL weight ``β(t) = β_sched(t) · m`` of the current step (``m = 1`` without ``tolerance``)."""
         return self.scheduled_beta * self.beta_scale
 
+    @torch.no_grad()
+    def _sync_beta(self) -> None:
+        self.beta_tensor.fill_(self.beta)
+
     def objective(self, task_loss: Tensor) -> tuple[Tensor, Tensor]:
-        """``(task_loss + β(t) · R / N, R)`` with ``R = prior_loss(model)``, for logging both; changes no state."""
+        """``(task_loss + β(t) · R / N, R)`` with ``R = prior_loss(model)``, for logging both; changes no state.
+
+        ``β(t)`` is read from :attr:`beta_tensor`, so the objective compiles once
+        (``torch.compile``) and does not recompile as the warm-up moves ``β``.
+        """
         if self.tolerance is not None and task_loss.requires_grad:
             value = task_loss.detach()
             task_loss.register_hook(lambda grad, value=value: self._seen(value, grad))
         if not self.tensors:
             return task_loss, task_loss.new_zeros(())
         reg = prior_loss(self.model)
-        return task_loss + (self.beta * reg / self.num_data).to(task_loss.dtype), reg
+        return task_loss + (self.beta_tensor * reg / self.num_data).to(task_loss.dtype), reg
 
     def loss(self, task_loss: Tensor) -> Tensor:
         """``task_loss + β(t) · prior_loss(model) / N`` for a batch-mean ``task_loss``; changes no state."""
@@ -338,6 +351,7 @@ class ARD:
         if self.tolerance is not None:
             self._constrain()
         self.step_in_epoch += 1
+        self._sync_beta()
         for _, t in self.tensors:
             if t.training:
                 t.update_rank_variances_()
@@ -400,6 +414,7 @@ class ARD:
         if not self._counted_steps:
             self._counted_steps = self.step_in_epoch
         epoch, self.epoch, self.step_in_epoch = self.epoch, self.epoch + 1, 0
+        self._sync_beta()
         if not self.tensors:
             return None
         self._check_collapse()
@@ -448,6 +463,7 @@ class ARD:
         # absent from checkpoints written before ``tolerance`` existed: a controller at rest
         self.constraint = _LossConstraint(**{f.name: state[f.name] for f in fields(_LossConstraint) if f.name in state})
         self._counted_steps = int(state.get("counted_steps", 0))
+        self._sync_beta()
 
     def close(self) -> None:
         """Remove the optimizer hook."""

@@ -36,7 +36,7 @@ from ..formats import RankSpec, Shape, get_format
 from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
 from .posteriors import POSTERIORS, Posterior, get_posterior
-from .statistics import StatisticsPlan, statistics_plan
+from .statistics import StatisticsLayout, rank_energies, statistics_layout
 
 #: Training methods of one tensor: fixed ranks, or a rank prior with one of the registered posteriors.
 METHODS = (None, *POSTERIORS)
@@ -218,19 +218,18 @@ class FactorizedTensor(nn.Module):
         return [getattr(self, f"log_rank_variance_{b}").exp() for b in range(self.num_bonds)]
 
     # ------------------------------------------------------------------ Bayesian terms
-    def statistics_plan(self) -> StatisticsPlan:
+    def statistics_layout(self) -> StatisticsLayout:
         """The cached layout of the rank statistics at the current ranks (:mod:`.statistics`)."""
-        return statistics_plan(self.fmt.name, self.out_shape, self.in_shape, tuple(self.ranks))
+        return statistics_layout(self.fmt.name, self.out_shape, self.in_shape, tuple(self.ranks))
 
     def flat_rank_statistics(self) -> tuple[Tensor, Tensor]:
         """``M`` and ``D`` of all bonds in one vector each, bond after bond (:mod:`.statistics`)."""
-        return self.statistics_plan().energies(self.posterior.second_moments(list(self.factors)))
+        return rank_energies(self.statistics_layout(), self.posterior.second_moments(list(self.factors)))
 
     def rank_statistics(self) -> tuple[list[Tensor], list[Tensor]]:
         """Per bond, ``M_r = Σ E_q[w²]`` and ``D_r`` over the slices that bond's ``λ_r`` governs."""
         energy, count = self.flat_rank_statistics()
-        plan = self.statistics_plan()
-        return plan.split(energy), plan.split(count)
+        return list(energy.split(self.ranks)), list(count.split(self.ranks))
 
     def prior_loss(self) -> Tensor:
         """``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression."""
@@ -276,7 +275,7 @@ class FactorizedTensor(nn.Module):
         lam = torch.cat(self.rank_variances())
         target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
         new = ((1.0 - self.em_step) * lam + self.em_step * target).clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
-        return self.statistics_plan().split(new)
+        return list(new.split(self.ranks))
 
     @torch.no_grad()
     def update_rank_variances_(self) -> None:

@@ -9,71 +9,79 @@ For bond ``b`` and rank index ``r`` (:mod:`.factorized`),
     D_{b,r} = \sum_{(f, a)} \#\text{entries of that slice}.
 
 All bonds are laid out in one flat vector of length ``Σ_b R_b`` (bond ``b`` at
-``offset_b … offset_b + R_b``). A :class:`StatisticsPlan`, built once per format, shapes and
-ranks from the format's index network, holds the members in bond order, the flat position of every
-member's slice sums and the counts ``D``; a step then costs one reduction per member, one
-``cat`` and one ``index_add`` instead of a Python walk over rank groups.
+``offset_b … offset_b + R_b``). A :class:`StatisticsLayout`, derived once per format, shapes and
+ranks from the format's index network, holds the members in bond order, the flat position of
+every member's slice sums and the counts ``D``; a step then costs one reduction per member, one
+``cat`` and one ``index_add`` instead of a Python walk over rank groups. The layout is a constant
+under ``torch.compile`` (:func:`~bayestensor.functional.assume_constant_result`).
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from itertools import accumulate
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..formats import Shape, get_format
+from ..functional import assume_constant_result
 
 
-class StatisticsPlan:
-    """Members, flat positions and counts of every bond of one format at one set of ranks."""
+class StatisticsLayout(NamedTuple):
+    """Members (``(factor, axis)``, bond after bond), the flat position of their slice sums, ``D`` and the ranks."""
 
-    def __init__(self, fmt: str, out_shape: Shape, in_shape: Shape, ranks: tuple[int, ...]) -> None:
+    members: tuple[tuple[int, int], ...]
+    index: tuple[int, ...]
+    counts: tuple[float, ...]
+    sizes: tuple[int, ...]
+
+
+_LAYOUTS: dict[tuple, StatisticsLayout] = {}
+_ON_DEVICE: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+@assume_constant_result
+def statistics_layout(fmt: str, out_shape: Shape, in_shape: Shape, ranks: tuple[int, ...]) -> StatisticsLayout:
+    """The (cached) :class:`StatisticsLayout` of a format at these shapes and ranks."""
+    key = (fmt, out_shape, in_shape, ranks)
+    if key not in _LAYOUTS:
         form = get_format(fmt)
         shapes = form.factor_shapes(out_shape, in_shape, list(ranks))
-        self.sizes = list(ranks)
         offsets = [0, *accumulate(ranks)]
-        self.total = offsets[-1]
-        self.members: list[tuple[int, int]] = []
-        index: list[int] = []
-        counts = [0.0] * self.total
+        members, index, counts = [], [], [0.0] * offsets[-1]
         for group in form.rank_groups(out_shape, in_shape, list(ranks)):
             b = group.bond
             for f, axis in group.members:
-                self.members.append((f, axis))
+                members.append((f, axis))
                 index.extend(range(offsets[b], offsets[b] + ranks[b]))
                 per_slice = math.prod(shapes[f]) // shapes[f][axis]
                 for r in range(ranks[b]):
                     counts[offsets[b] + r] += per_slice
-        self._index = index
-        self._counts = counts
-        self._on: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-
-    def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """The flat index of the members' slice sums and the counts ``D``, on ``device``."""
-        key = (device, dtype)
-        if key not in self._on:
-            self._on[key] = (
-                torch.tensor(self._index, dtype=torch.long, device=device),
-                torch.tensor(self._counts, dtype=dtype, device=device),
-            )
-        return self._on[key]
-
-    def energies(self, second: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Flat ``(M, D)`` from the entrywise second moments ``E_q[w²]`` of the factors."""
-        parts = [second[f].sum(dim=[d for d in range(second[f].dim()) if d != axis]) for f, axis in self.members]
-        flat = torch.cat(parts)
-        index, counts = self.tensors(flat.device, flat.dtype)
-        return flat.new_zeros(self.total).index_add(0, index, flat), counts
-
-    def split(self, flat: Tensor) -> list[Tensor]:
-        """Per-bond views of a flat vector."""
-        return list(flat.split(self.sizes))
+        _LAYOUTS[key] = StatisticsLayout(tuple(members), tuple(index), tuple(counts), tuple(ranks))
+    return _LAYOUTS[key]
 
 
-@lru_cache(maxsize=512)
-def statistics_plan(fmt: str, out_shape: Shape, in_shape: Shape, ranks: tuple[int, ...]) -> StatisticsPlan:
-    """The cached :class:`StatisticsPlan` of a format at these shapes and ranks."""
-    return StatisticsPlan(fmt, out_shape, in_shape, ranks)
+def _index_and_counts(layout: StatisticsLayout, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``layout.index`` and ``layout.counts`` as tensors; cached per device outside ``torch.compile``."""
+    if torch.compiler.is_compiling():  # constants of the traced graph
+        return (
+            torch.tensor(layout.index, dtype=torch.long, device=device),
+            torch.tensor(layout.counts, dtype=dtype, device=device),
+        )
+    key = (id(layout), device, dtype)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = (
+            torch.tensor(layout.index, dtype=torch.long, device=device),
+            torch.tensor(layout.counts, dtype=dtype, device=device),
+        )
+    return _ON_DEVICE[key]
+
+
+def rank_energies(layout: StatisticsLayout, second: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Flat ``(M, D)``, shape ``(Σ_b R_b,)`` each, from the entrywise second moments ``E_q[w²]`` of the factors."""
+    parts = [second[f].sum(dim=[d for d in range(second[f].dim()) if d != axis]) for f, axis in layout.members]
+    flat = torch.cat(parts)
+    index, counts = _index_and_counts(layout, flat.device, flat.dtype)
+    return flat.new_zeros(sum(layout.sizes)).index_add(0, index, flat), counts
