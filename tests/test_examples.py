@@ -56,3 +56,15 @@ def test_svgd_step_benchmark_smoke():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "SVGD x2 / MAP = " in result.stdout and "vectorised / loop = " in result.stdout
+
+
+def test_train_step_benchmark_smoke():
+    """benchmarks/train_step.py (the README's whole-step table) runs every case, compiled ones included."""
+    script = EXAMPLES.parent / "benchmarks" / "train_step.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "fc", "--rounds", "1", "--inner", "1", "--batch", "8", "--compile"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for case in ("fixed rank", "MAP prior term only", "SVI", "MAP compiled"):
+        assert f"│ {case} " in result.stdout, case
