@@ -1,6 +1,6 @@
 """fwd+bwd of a 1024 × 1024 linear layer: bayestensor formats against nn.Linear and TensorLy-Torch.
 
-Run:  python benchmarks/linear.py [--batch 256] [--device cpu|cuda] [--rounds 15]
+Run:  python benchmarks/linear.py [--batch 256] [--device cpu|cuda] [--rounds 15] [--only SUBSTRING ...]
 
 All cases are timed interleaved in one run; the table reports medians, and ratios as the median over
 rounds of each case's time over nn.Linear's in the same round. "activations" are the bytes autograd
@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="time only the layers whose name contains one of these (and nn.Linear)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = torch.device(args.device)
@@ -90,6 +93,8 @@ def main() -> None:
             )
     except ImportError:
         print("tensorly-torch not installed: skipping its rows (pip install tensorly-torch)")
+    if args.only:
+        layers = {k: v for k, v in layers.items() if k == "nn.Linear" or any(o in k for o in args.only)}
     layers = {k: v.to(dev) for k, v in layers.items()}
     x = torch.randn(args.batch, n, device=dev, requires_grad=True)
     x_first = x.detach()  # a first layer's input: no gradient
@@ -132,8 +137,8 @@ def main() -> None:
         rows,
     )
     for ours, theirs in (("ttm", "tltorch blocktt"), ("cp", "tltorch cp"), ("tucker", "tltorch tucker")):
-        ok = next(k for k in times if k.startswith(ours + " "))
-        if theirs in times:
+        ok = next((k for k in times if k.startswith(ours + " ")), "")
+        if theirs in times and ok in times:
             print(f"{ok} / {theirs}: {paired_ratios(samples, theirs)[ok]:.3f}")
     print("ratios:", {k: round(v, 3) for k, v in ratios.items()})
     print("ratios without the input gradient:", {k: round(v, 3) for k, v in first.items()})
