@@ -206,6 +206,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         """The task's batch objective for ``net``, compiled with ``train.compile``."""
         objective = task.objective(net, ard)
         if compiling:
+            if compiled:  # a new DDP wrapper after pruning: the graphs of the old one are dead
+                torch.compiler.reset()
             compiled.append(CompiledObjective(objective, model))
             return compiled[-1]
         return objective

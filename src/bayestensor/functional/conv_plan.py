@@ -181,41 +181,25 @@ def conv_plan_constant(
 ) -> tuple[str, ConvSteps | None]:
     """``("factorized", ConvSteps)`` or ``("reconstruct", None)``: constants usable inside ``torch.compile``."""
     key = (fmt, out_shape, in_shape, ranks, batch_bucket(batch), pixels_in, pixels_out, strategy)
-    if key not in _CONV_CONSTANTS:
-        _CONV_CONSTANTS[key] = _conv_plan_payload(
-            fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out, strategy
-        )
-    return _CONV_CONSTANTS[key]
-
-
-_CONV_CONSTANTS: dict[tuple, tuple] = {}
-
-
-def _conv_plan_payload(
-    fmt: str,
-    out_shape: tuple[int, ...],
-    in_shape: tuple[int, ...],
-    ranks: tuple[int, ...],
-    batch: int,
-    pixels_in: int,
-    pixels_out: int,
-    strategy: str,
-) -> tuple[str, ConvSteps | None]:
-    chosen, costs, split = conv_plan(fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out)
+    if key in _CONV_CONSTANTS:
+        return _CONV_CONSTANTS[key]
+    chosen, _, split = conv_plan(fmt, out_shape, in_shape, ranks, batch, pixels_in, pixels_out)
     if strategy != "auto":
         chosen = strategy
     if chosen == "reconstruct" or split is None:
-        return ("reconstruct", None)
-    network = get_format(fmt).network(out_shape, in_shape, ranks)
-    sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
-    sizes = {sym[k]: v for k, v in network.sizes.items()}
-    terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
-    p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()
-    q_steps = plan_contraction([terms[f] for f in split.q], split.q_term, sizes)[0] if split.q else ()
-    s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
-    return (
-        "factorized",
-        ConvSteps(
-            split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3, split.sizes, split.v_modes
-        ),
-    )
+        result: tuple[str, ConvSteps | None] = ("reconstruct", None)
+    else:
+        network = get_format(fmt).network(out_shape, in_shape, ranks)
+        sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
+        sizes = {sym[k]: v for k, v in network.sizes.items()}
+        terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
+        p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()
+        q_steps = plan_contraction([terms[f] for f in split.q], split.q_term, sizes)[0] if split.q else ()
+        s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
+        steps = (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3)
+        result = ("factorized", ConvSteps(*steps, split.sizes, split.v_modes))
+    _CONV_CONSTANTS[key] = result
+    return result
+
+
+_CONV_CONSTANTS: dict[tuple, tuple[str, ConvSteps | None]] = {}
