@@ -75,6 +75,9 @@ def _report(run_dir):
 
 def test_trainer_compile_trains_like_eager_and_counts_its_compiles(tmp_path, dynamo_reset):
     """``--compile`` (inductor): the same run as eager up to float reordering, one compile per set of ranks."""
+    problem = compiled_mod.compiler_problem(torch.device("cpu"))
+    if problem is not None:
+        pytest.skip(f"torch.compile's default backend does not work on this machine: {problem}")
     common = ["train", "--smoke", "--quiet", "--out", str(tmp_path)]
     assert main([*common, "--set", "name=eager"]) == 0
     assert main([*common, "--compile", "--set", "name=compiled"]) == 0
