@@ -122,4 +122,4 @@ def test_a_compile_failure_names_the_tensorized_layers_and_shapes(dynamo_reset):
         CompiledObjective(objective, model)(torch.randn(5, 24))
     note = "\n".join(getattr(info.value, "__notes__", []))
     assert "batch shapes ((5, 24),)" in note
-    assert "0: TensorizedLinear ttm out_shape=(2, 3, 5) in_shape=(2, 3, 4) ranks=[4, 4]" in note
+    assert "0.weight: ttm out_shape=(2, 3, 5) in_shape=(2, 3, 4) ranks=[4, 4]" in note

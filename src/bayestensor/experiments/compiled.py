@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..inference import ranks
-from ..layers import LAYER_TYPES
+from ..tensors import FactorizedTensor
 from .config import ConfigError
 
 #: Values of ``train.compile``: off, on (fail clearly when the compiler does not work), or auto (fall back).
@@ -62,15 +62,12 @@ def use_compile(mode: str, device: torch.device) -> bool:
 
 
 def layer_summary(model: nn.Module) -> str:
-    """The tensorized layers of ``model`` with their format, tensor shapes and ranks, one per line."""
-    lines = []
-    for name, m in model.named_modules():
-        if isinstance(m, LAYER_TYPES):
-            t = m.weight
-            lines.append(
-                f"  {name}: {type(m).__name__} {t.fmt.name} out_shape={t.out_shape} in_shape={t.in_shape} "
-                f"ranks={t.ranks}"
-            )
+    """Every factorized weight of ``model`` with its format, tensor shapes and ranks, one per line."""
+    lines = [
+        f"  {name}: {t.fmt.name} out_shape={t.out_shape} in_shape={t.in_shape} ranks={t.ranks}"
+        for name, t in model.named_modules()
+        if isinstance(t, FactorizedTensor)
+    ]
     return "\n".join(lines) or "  (no tensorized layers)"
 
 
@@ -110,6 +107,6 @@ class CompiledObjective:
                 err.add_note(
                     "bayestensor: compiling the training objective failed for the batch shapes "
                     f"{shapes} and these tensorized layers:\n{layer_summary(self.model)}\n"
-                    "train without --compile (or with --compile=auto) to run eagerly"
+                    "train without --compile to run eagerly"
                 )
             raise
