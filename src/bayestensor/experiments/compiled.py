@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..inference import ranks
 from ..tensors import FactorizedTensor
 from .config import ConfigError
 
@@ -72,7 +71,10 @@ def layer_summary(model: nn.Module) -> str:
 
 
 class CompiledObjective:
-    """``objective(*batch) -> (loss, prior)`` under ``torch.compile(fullgraph=True)``, recompiled when ranks change.
+    """``objective(*batch) -> (loss, prior)`` under ``torch.compile(fullgraph=True)``.
+
+    The trainer calls :meth:`ranks_changed` after a pruning pass that changed shapes, so no step
+    pays for a walk over the model to find out.
 
     Attributes
     ----------
@@ -86,15 +88,14 @@ class CompiledObjective:
         # static shapes: the contraction plans depend on the batch size, so a ragged last batch gets its own graph
         self.compiled = torch.compile(objective, fullgraph=True, dynamic=False)
         self.compiles = 0
-        self._ranks: Any = None
         self._seen: set[Any] = set()
 
+    def ranks_changed(self) -> None:
+        """Drop the graphs of the old ranks: they are dead, and keeping them would run into the recompile limit."""
+        torch.compiler.reset()
+        self._seen = set()
+
     def __call__(self, *batch: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
-        current = ranks(self.model)
-        if current != self._ranks:
-            if self._ranks is not None:
-                torch.compiler.reset()  # pruned: the old graphs are dead; keep clear of the recompile limit
-            self._ranks, self._seen = current, set()
         shapes = tuple(tuple(b.shape) for b in batch)
         fresh = shapes not in self._seen
         if fresh:

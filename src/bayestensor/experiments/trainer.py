@@ -207,7 +207,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         objective = task.objective(net, ard)
         if compiling:
             if compiled:  # a new DDP wrapper after pruning: the graphs of the old one are dead
-                torch.compiler.reset()
+                compiled[-1].ranks_changed()
             compiled.append(CompiledObjective(objective, model))
             return compiled[-1]
         return objective
@@ -251,6 +251,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         if pruned and ctx.enabled:
             net = wrap(model, ctx)  # DDP buckets follow the new parameter shapes
             objective = make_objective(net)
+        elif pruned and compiling:
+            compiled[-1].ranks_changed()
         row = {
             "epoch": epoch,
             **losses,

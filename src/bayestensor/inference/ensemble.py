@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, get_posterior
+from .ard import _positive_int
 from .objective import bayesian_tensors
 from .pruning import PruneReport, ranks, tensorized_layers
 
@@ -56,6 +57,14 @@ def check_num_particles(value: Any, what: str = "num_particles") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be an int >= 1, got {value!r}")
     return value
+
+
+def check_potential_args(num_data: Any, kl_weight: Any) -> tuple[int, float]:
+    """``(N, β)`` of :meth:`Ensemble.potentials`, checked: ``N`` a positive int and ``β >= 0``."""
+    _positive_int("num_data", num_data)
+    if not kl_weight >= 0:
+        raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+    return num_data, float(kl_weight)
 
 
 class _Call(nn.Module):
@@ -95,7 +104,7 @@ def as_point_mass(model: nn.Module, *, sample: bool = False) -> nn.Module:
     for m in out.modules():
         if isinstance(m, FactorizedTensor) and m.posterior.stochastic:
             if sample:
-                for f, draw in zip(m.factors, m.posterior.point_mass_draw(list(m.factors)), strict=True):
+                for f, draw in zip(m.factors, m.posterior.sample(list(m.factors)), strict=True):
                     f.copy_(draw)
             m.method = "map"
             m.posterior = get_posterior("map")

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ard import _positive_int
-from .ensemble import Ensemble
+from .ensemble import Ensemble, check_potential_args
 
 
 class SGHMC:
@@ -64,9 +63,7 @@ class SGHMC:
         max_samples: int = 100,
         kl_weight: float = 1.0,
     ) -> None:
-        _positive_int("num_data", num_data)
-        if not kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+        self.num_data, self.kl_weight = check_potential_args(num_data, kl_weight)
         if not 0 < lr < math.inf:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if not 0 < friction <= 1:
@@ -80,10 +77,8 @@ class SGHMC:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < chains:
             raise ValueError(f"max_samples must be an int >= the number of chains ({chains}), got {max_samples!r}")
         self.ensemble = ensemble
-        self.num_data = num_data
         self.lr, self.friction, self.temperature = float(lr), float(friction), float(temperature)
         self.burn_in, self.thin, self.max_samples = burn_in, thin, max_samples
-        self.kl_weight = float(kl_weight)
         self.steps = 0
         self.momentum = {n: torch.zeros_like(p) for n, p in ensemble.particles.items() if p.requires_grad}
         self.kept: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []

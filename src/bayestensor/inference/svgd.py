@@ -46,8 +46,7 @@ import math
 import torch
 from torch import Tensor
 
-from .ard import _positive_int
-from .ensemble import Ensemble
+from .ensemble import Ensemble, check_potential_args
 
 
 def check_bandwidth(bandwidth: float | None) -> float | None:
@@ -123,13 +122,9 @@ class SVGD:
         kl_weight: float = 1.0,
         bandwidth: float | None = None,
     ) -> None:
-        _positive_int("num_data", num_data)
-        if not kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+        self.num_data, self.kl_weight = check_potential_args(num_data, kl_weight)
         self.ensemble = ensemble
         self.optimizer = optimizer
-        self.num_data = num_data
-        self.kl_weight = float(kl_weight)
         self.bandwidth = check_bandwidth(bandwidth)
 
     def potential(self, losses: Tensor) -> Tensor:

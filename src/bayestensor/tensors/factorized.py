@@ -36,7 +36,7 @@ from ..formats import RankSpec, Shape, get_format
 from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
 from .posteriors import POSTERIORS, Posterior, get_posterior
-from .statistics import StatisticsLayout, rank_energies, statistics_layout
+from .statistics import StatisticsLayout, rank_energies, slice_sums, statistics_layout
 
 #: Training methods of one tensor: fixed ranks, or a rank prior with one of the registered posteriors.
 METHODS = (None, *POSTERIORS)
@@ -48,11 +48,6 @@ DEFAULT_PRUNE_THRESHOLD = 1e-3
 #: Starting size of a tensor built without ``max_rank``: its factors hold about this fraction of the
 #: dense matrix's entries (uniform ranks, see :meth:`~bayestensor.formats.TensorFormat.ranks_for_budget`).
 DEFAULT_START_FRACTION = 0.1
-
-
-def _slice_sums(t: Tensor, axis: int) -> Tensor:
-    """Sum of ``t`` over every axis but ``axis``: one value per slice along ``axis``."""
-    return t.sum(dim=[d for d in range(t.dim()) if d != axis])
 
 
 class FactorizedTensor(nn.Module):
@@ -299,7 +294,7 @@ class FactorizedTensor(nn.Module):
             c = torch.ones(self.ranks[group.bond], dtype=torch.float64, device=self.factors[0].device)
             for f, axis in group.members:
                 g = self.factors[f].detach().to(torch.float64)
-                c = c * _slice_sums(g.square(), axis).sqrt()
+                c = c * slice_sums(g.square(), axis).sqrt()
             out.append(c)
         return out
 
@@ -409,7 +404,7 @@ class FactorizedTensor(nn.Module):
         norms = []
         for f, axis in members:
             g = self.factors[f]
-            norms.append(_slice_sums(g.square(), axis).sqrt())
+            norms.append(slice_sums(g.square(), axis).sqrt())
         total = torch.stack(norms).prod(0)
         alive = total > 0
         target = total.pow(1.0 / len(members))

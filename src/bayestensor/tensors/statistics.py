@@ -38,6 +38,11 @@ class StatisticsLayout(NamedTuple):
     sizes: tuple[int, ...]
 
 
+def slice_sums(t: Tensor, axis: int) -> Tensor:
+    """Sum of ``t`` over every axis but ``axis``: one value per slice along ``axis``."""
+    return t.sum(dim=[d for d in range(t.dim()) if d != axis])
+
+
 _LAYOUTS: dict[tuple, StatisticsLayout] = {}
 _ON_DEVICE: dict[tuple, tuple[Tensor, Tensor]] = {}
 
@@ -81,7 +86,7 @@ def _index_and_counts(layout: StatisticsLayout, device: torch.device, dtype: tor
 
 def rank_energies(layout: StatisticsLayout, second: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Flat ``(M, D)``, shape ``(Σ_b R_b,)`` each, from the entrywise second moments ``E_q[w²]`` of the factors."""
-    parts = [second[f].sum(dim=[d for d in range(second[f].dim()) if d != axis]) for f, axis in layout.members]
+    parts = [slice_sums(second[f], axis) for f, axis in layout.members]
     flat = torch.cat(parts)
     index, counts = _index_and_counts(layout, flat.device, flat.dtype)
     return flat.new_zeros(sum(layout.sizes)).index_add(0, index, flat), counts

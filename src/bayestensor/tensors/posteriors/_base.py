@@ -74,7 +74,3 @@ class Posterior(nn.Module):
     @torch.no_grad()
     def rescale_(self, factor: int, axis: int, scale: Tensor) -> None:
         """Follow the rescaling of factor ``factor``'s slices along ``axis`` by ``scale`` (one per slice)."""
-
-    def point_mass_draw(self, means: Sequence[Tensor]) -> list[Tensor]:
-        """One draw of ``q`` to become a point mass at (the means for a point mass)."""
-        return list(means)

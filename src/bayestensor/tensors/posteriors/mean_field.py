@@ -96,6 +96,3 @@ class MeanFieldGaussian(Posterior):
         shape = [1] * raw.dim()
         shape[axis] = -1
         raw.copy_(inverse_softplus(F.softplus(raw) * scale.view(shape).to(raw.dtype)))
-
-    def point_mass_draw(self, means: Sequence[Tensor]) -> list[Tensor]:  # noqa: D102
-        return [m.detach() + s.detach() * torch.randn_like(m) for m, s in zip(means, self.scales(), strict=True)]
