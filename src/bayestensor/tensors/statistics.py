@@ -70,17 +70,16 @@ def statistics_layout(fmt: str, out_shape: Shape, in_shape: Shape, ranks: tuple[
 
 def _index_and_counts(layout: StatisticsLayout, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``layout.index`` and ``layout.counts`` as tensors; cached per device outside ``torch.compile``."""
+
+    def build() -> tuple[Tensor, Tensor]:
+        index = torch.tensor(layout.index, dtype=torch.long, device=device)
+        return index, torch.tensor(layout.counts, dtype=dtype, device=device)
+
     if torch.compiler.is_compiling():  # constants of the traced graph
-        return (
-            torch.tensor(layout.index, dtype=torch.long, device=device),
-            torch.tensor(layout.counts, dtype=dtype, device=device),
-        )
+        return build()
     key = (id(layout), device, dtype)
     if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = (
-            torch.tensor(layout.index, dtype=torch.long, device=device),
-            torch.tensor(layout.counts, dtype=dtype, device=device),
-        )
+        _ON_DEVICE[key] = build()
     return _ON_DEVICE[key]
 
 
