@@ -2,7 +2,8 @@
 
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
                              [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--finetune K]
-                             [--threads N] [--smoke]
+                             [--target R] [--curve R1,R2,... [--plot FILE]] [--save FILE.jsonl] [--threads N] [--smoke]
+python benchmarks/cnn_ard.py --plot-from A.jsonl,B.jsonl --plot FILE   # plot runs saved by --save (no training)
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
@@ -13,7 +14,9 @@ random images (the CI check that the script works).
 """
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +180,19 @@ def main() -> None:
     p.add_argument("--data-dir", default="")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--save", default="", help="append every run's result to this JSON-lines file")
+    p.add_argument("--plot-from", default="", help="plot the --models runs saved in these comma-separated files")
     args = p.parse_args()
+    if args.plot_from:
+        saved = [json.loads(line) for f in args.plot_from.split(",") for line in Path(f).read_text().splitlines()]
+        names = [n for n in args.models.split(",") if any(r["model"] == n for r in saved)]
+        out = Path(args.plot)
+        for name in names:  # one plot per model: FILE itself for one, FILE's stem + _model for several
+            rows = [r for r in saved if r["model"] == name]
+            curve = sorted((r for r in rows if r.get("target")), key=lambda r: r["target"])
+            args.plot = str(out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}"))
+            plot(name, [r for r in rows if not r.get("target")] + curve, len(curve), args, rows[0]["epochs"])
+        return
     if args.holdout and args.tolerance is None:
         p.error("--holdout prunes within --tolerance; give both")
     if args.smoke:
@@ -194,6 +209,9 @@ def main() -> None:
         for variant, target in rows:
             r = run(name, variant, data, args, target)
             results.append(r)
+            if args.save:
+                with open(args.save, "a") as f:
+                    f.write(json.dumps({**r, "target": target, "epochs": args.epochs, "seed": args.seed}) + "\n")
             label = r["variant"] + (f" target {target:g}x" if target else "")
             print(
                 f"| {r['model']} | {label} | {r['accuracy']:.4f} | {r['params']:,} | "
@@ -201,10 +219,10 @@ def main() -> None:
                 flush=True,
             )
         if curve:
-            plot(name, results, len(curve), args)
+            plot(name, results, len(curve), args, args.epochs)
 
 
-def plot(name: str, results: list[dict], n_curve: int, args) -> None:
+def plot(name: str, results: list[dict], n_curve: int, args, epochs: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,12 +234,13 @@ def plot(name: str, results: list[dict], n_curve: int, args) -> None:
     for r in results[:-n_curve]:
         if r["variant"] == "dense":
             ax.axhline(r["accuracy"], color="k", ls="--", lw=1, label="dense")
+            ax.axhline(r["accuracy"] - 0.01, color="k", ls=":", lw=1, label="dense − 1 point")
         else:
             ax.plot(r["tensorized_compression"], r["accuracy"], "s", label=r["variant"])
     ax.set_xscale("log")
     ax.set_xlabel("compression of the tensorized layers")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{name}, Fashion-MNIST ({args.epochs} epochs)")
+    ax.set_title(f"{name}, Fashion-MNIST ({epochs} epochs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)

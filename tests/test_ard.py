@@ -141,6 +141,19 @@ def test_finetune_turns_the_prior_off_and_freezes_the_ranks_for_the_last_epochs(
     assert ranks[6] == ranks[7] == ranks[8] == ranks[9]
 
 
+@pytest.mark.parametrize(
+    "epochs, warmup, target, expected",
+    [(10, None, None, 0), (10, None, 30.0, 3), (80, None, 30.0, 24), (3, None, 30.0, 0), (10, (4, 4), 30.0, 2)],
+)
+def test_finetune_by_default_only_with_a_target(epochs, warmup, target, expected):
+    """A target fixes the size, so by default the last 30 % of the run (what the warm-up leaves) refits the ranks."""
+    model = small_model()
+    no_kl, ramp = warmup or (None, None)
+    ard = bt.ARD(model, torch.optim.SGD(model.parameters(), lr=0.1), num_data=8, epochs=epochs,
+                 no_kl_epochs=no_kl, warmup_epochs=ramp, target_compression=target)  # fmt: skip
+    assert ard.finetune_epochs == expected  # ⌊0.3 · epochs⌋ with a target, at most epochs − warm-up; else none
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_finetune_refits_the_weights_the_prior_shrank_at_the_ranks_it_found(fmt):
     """At the Bayesian weight the prior shrinks the kept components; a fine-tune fits them to the noise floor."""
@@ -264,8 +277,8 @@ def test_random_init_has_the_dense_weight_std(fmt):
     torch.manual_seed(0)
     for dense in (nn.Linear(256, 128), nn.Conv2d(32, 64, 3)):
         layer = bt.from_dense(dense, format=fmt, max_rank=8, init="random")
-        w = layer.full_weight() if isinstance(layer, bt.TensorizedLinear) else layer.full_weight()
-        ratio = float(w.std() / dense.weight.std())
+        with torch.no_grad():
+            ratio = float(layer.full_weight().std() / dense.weight.std())
         assert ratio == pytest.approx(1.0, rel=0.05), (type(dense).__name__, ratio)
         torch.testing.assert_close(layer.bias, dense.bias)
 
@@ -326,13 +339,18 @@ def test_prune_to_a_parameter_budget_removes_the_weakest_components_first(fmt):
     assert all(r == 1 for ranks in tiny.after.values() for r in ranks)
 
 
-@pytest.mark.parametrize("target", [20.0, 40.0])
-def test_target_compression_is_met_within_a_quarter(target):
+def mlp_64_256_10():
+    """The digits experiment's shape, TTM MAP layers at the default starting ranks (seed 0)."""
     torch.manual_seed(0)
-    model = nn.Sequential(
+    return nn.Sequential(
         bt.TensorizedLinear(64, 256, format="ttm", method="map"), nn.ReLU(),
         bt.TensorizedLinear(256, 10, format="ttm", method="map"),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("target", [20.0, 40.0])
+def test_target_compression_is_met_within_a_quarter(target):
+    model = mlp_64_256_10()
     x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     ard = bt.ARD(model, opt, num_data=len(x), epochs=10, kl_weight=0.2, target_compression=target)
@@ -340,6 +358,82 @@ def test_target_compression_is_met_within_a_quarter(target):
     assert start < target
     train(ard, opt, model, x, y, F.cross_entropy, epochs=10, batch_size=64)
     assert 0.75 * target <= ard.compression() <= 1.25 * target, ard.compression()
+
+
+def test_target_compression_holds_a_prior_that_would_go_further():
+    """An overweighted prior (8x the posterior's) shrinks the model until it hardly classifies; with
+    target_compression the run ends within [R, 1.25 R], nothing collapsed, and it still classifies."""
+    from bayestensor.data import load_digits_split
+
+    x, y, x_test, y_test = load_digits_split()
+
+    def fit(target):
+        model = mlp_64_256_10()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        ard = bt.ARD(model, opt, num_data=len(x) // 8, epochs=10, target_compression=target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", bt.CollapseWarning)
+            train(ard, opt, model, x, y, F.cross_entropy, epochs=10, batch_size=64)
+        with torch.no_grad():
+            return ard, float((model(x_test).argmax(1) == y_test).float().mean())
+
+    free, free_accuracy = fit(None)
+    assert free_accuracy < 0.6  # what the prior does on its own
+    target = 12.0
+    held, accuracy = fit(target)
+    assert held.initial_compression < target
+    assert target <= held.compression() <= (1 + bt.inference.ard.TARGET_BAND) * target, held.compression()
+    assert not held.collapsed and accuracy > 0.8
+    assert held.cap.beta_scale < 1e-2  # the cap, not the schedule alone, stopped the prior
+
+
+def still_model_and_ard(steps_per_epoch, **kwargs):
+    """A small model that SGD at lr 0 leaves as it is, its data, optimizer, and an ARD with the prior on from step 1."""
+    model = small_model()
+    x, _ = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ard = bt.ARD(model, opt, num_data=64, epochs=10, no_kl_epochs=0, warmup_epochs=0, steps_per_epoch=steps_per_epoch,
+                 **kwargs)  # fmt: skip
+    return model, x, opt, ard
+
+
+def test_target_cap_follows_its_formula_step_by_step(monkeypatch):
+    steps, target = 100, 4.0
+    model, x, opt, ard = still_model_and_ard(steps, target_compression=target)
+    assert ard.initial_compression < target
+    every = steps // bt.inference.ard.TARGET_CHECKS_PER_EPOCH
+    projected = [2.0] * 10 + [8.0] * 20 + [4.4] * 10 + [3.0] * 30
+    calls = iter(projected)
+    monkeypatch.setattr(ard, "projected_compression", lambda: next(calls))
+    m, expected = 1.0, []
+    for k in range(every * len(projected)):  # the cap written out independently
+        if k % every == 0:
+            e = math.log(projected[k // every] / target) / math.log(1.25)
+            step = bt.inference.ard.TARGET_RATE * (every / steps) * min(max(e, -1.0), 4.0)
+            m = min(1.0, max(1e-6, m * math.exp(-step if e > 0 else -step / 10)))
+        expected.append(m)
+    seen = []
+    for _ in expected:
+        opt.zero_grad()
+        ard.loss(model(x).sum()).backward()
+        opt.step()
+        seen.append(ard.beta_scale)
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert seen[19] == 1.0 and min(seen) < 0.2 and seen[-1] > min(seen)  # falls past the target, recovers below it
+    assert ard.beta == pytest.approx(seen[-1])  # β = β_sched · m with β_sched = 1 here
+    state = ard.state_dict()
+    again = bt.ARD(model, opt, num_data=64, epochs=10, target_compression=target)
+    again.load_state_dict(state)
+    assert again.cap == ard.cap and again.initial_compression == ard.initial_compression
+
+
+def test_target_below_the_start_warns_with_both_numbers():
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    start = bt.ARD(model, opt, num_data=8, epochs=2).compression()
+    with pytest.warns(UserWarning, match=r"target_compression=1\.01 is below the model's compression at the start"):
+        bt.ARD(model, opt, num_data=8, epochs=2, target_compression=1.01)
+    assert start > 1.25 * 1.01
 
 
 @pytest.mark.parametrize("value", [1.0, 0.5, -3.0, float("inf")])
@@ -351,12 +445,8 @@ def test_target_compression_must_exceed_one(value):
 
 def test_tolerance_controller_follows_its_formula_and_reads_only_back_propagated_losses():
     """m falls while the smoothed loss is above (1 + τ) · best, rises back, and ignores losses not back-propagated."""
-    model = small_model()
-    x, _ = data()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
     tau, steps = 0.1, 20
-    ard = bt.ARD(model, opt, num_data=64, epochs=10, no_kl_epochs=0, warmup_epochs=0, steps_per_epoch=steps,
-                 tolerance=tau)  # fmt: skip
+    model, x, opt, ard = still_model_and_ard(steps, tolerance=tau)
     values = [1.0] * 30 + [1.5] * 40 + [1.0] * 60
     decay, rate = bt.inference.ard.LOSS_DECAY, bt.inference.ard.BETA_RATE / (10 * steps)
     avg, best, m, expected = 0.0, math.inf, 1.0, []

@@ -119,12 +119,14 @@ def test_training_output_is_quiet_off_a_terminal(tmp_path, capsys):
 
 
 def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsys):
-    """A bad tolerance or a warm-up longer than the run is named, and the run already in the folder is kept."""
+    """A bad tolerance or target, or a warm-up longer than the run, is named; the run already in the folder is kept."""
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
     (run,) = tmp_path.iterdir()
     saved = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.tolerance=-0.1"])
     assert "train.tolerance: expected 0 (off) or a relative loss rise > 0, got -0.1" in err
+    err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.target_compression=1"])
+    assert "train.target_compression: expected 0 (off) or a compression > 1, got 1.0" in err
     err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--epochs", "1"])  # the default warm-up is 12
     assert "longer than the run" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "data.validation=40"])
@@ -179,7 +181,7 @@ def test_validation_examples_decide_pruning_within_the_tolerance(case, tmp_path,
     assert abs(calls[-1][1]() - expected) < 1e-6 * expected  # float32 softmax probabilities against float64 logits
 
 
-def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):
+def test_train_tolerance_and_target_reach_ard(tmp_path, monkeypatch):
     from bayestensor.experiments import trainer
 
     made = []
@@ -189,6 +191,11 @@ def test_train_tolerance_reaches_ard(tmp_path, monkeypatch):
     assert made[0].tolerance == 0.05 and made[0].constraint.loss_steps > 0  # the controller saw the losses
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path / "off")]) == 0
     assert made[1].tolerance is None and made[1].constraint.loss_steps == 0
+    assert made[1].target_compression is None
+    assert (
+        main(["train", "--smoke", "--quiet", "--out", str(tmp_path / "t"), "--set", "train.target_compression=30"]) == 0
+    )
+    assert made[2].target_compression == 30.0 and made[2].compression() >= 30.0  # the last pass meets it
 
 
 def test_plots_of_many_layers_put_the_legend_beside_the_axes(tmp_path):

@@ -1,5 +1,6 @@
 """Every example script runs (with --smoke); a new example without a smoke entry fails the coverage test."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,22 @@ def test_cnn_benchmark_smoke(tmp_path):
     plot = tmp_path / "curve.png"
     result = subprocess.run(
         [sys.executable, str(script), "--smoke", "--variants", "dense,fixed,map,svi", "--curve", "20",
-         "--models", "lenet5,vgg,resnet20", "--plot", str(plot)],
+         "--models", "lenet5,vgg,resnet20", "--plot", str(plot), "--save", str(tmp_path / "runs.jsonl")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| lenet5") or line.startswith("| vgg")]
     assert len(rows) == 10 and plot.exists()
+    saved = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(saved) == 15 and sum(r["target"] == 20 for r in saved) == 3
+    replot = subprocess.run(
+        [sys.executable, str(script), "--plot-from", str(tmp_path / "runs.jsonl"), "--models", "lenet5,vgg",
+         "--plot", str(tmp_path / "again.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert replot.returncode == 0, replot.stderr
+    assert (tmp_path / "again_lenet5.png").exists() and (tmp_path / "again_vgg.png").exists()
+    assert not (tmp_path / "again_resnet20.png").exists()
     target_row = next(r for r in rows if "target 20x" in r)
     compression = float(target_row.split("|")[5].strip().rstrip("x"))
     assert 15.0 <= compression <= 25.0

@@ -50,7 +50,8 @@ class TrainConfig:
     prune_start: int = 5
     prune_threshold: float = 1e-3
     tolerance: float = 0.0  # bt.ARD(tolerance=...): allowed relative rise of the training loss; 0 = off
-    finetune_epochs: int = 0  # bt.ARD(finetune_epochs=...): last epochs with the prior off and the ranks fixed
+    finetune_epochs: int = -1  # bt.ARD(finetune_epochs=...): last epochs, prior off, ranks fixed; -1 = ARD's default
+    target_compression: float = 0.0  # bt.ARD(target_compression=...): the tensorized layers' compression; 0 = off
     predict_samples: int = 32
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads per process; 0 leaves the default

@@ -80,10 +80,14 @@ def make_task(exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.d
 def make_ard(
     model: nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, num_train: int, ctx: DistContext
 ) -> ARD:
-    """The :class:`~bayestensor.ARD` of a run: ``train.kl_weight``, warm-up, pruning schedule, tolerance, fine-tune."""
+    """The run's :class:`~bayestensor.ARD`: ``train.kl_weight``, warm-up, pruning, tolerance, fine-tune, target."""
     t = cfg.train
     if not t.tolerance >= 0:
         raise ConfigError(f"train.tolerance: expected 0 (off) or a relative loss rise > 0, got {t.tolerance!r}")
+    if t.target_compression != 0 and not t.target_compression > 1:
+        raise ConfigError(
+            f"train.target_compression: expected 0 (off) or a compression > 1, got {t.target_compression!r}"
+        )
     if cfg.data.validation and not t.tolerance > 0:
         raise ConfigError(
             f"data.validation={cfg.data.validation} holds examples out to prune within train.tolerance, which is "
@@ -106,7 +110,8 @@ def make_ard(
             prune_threshold=t.prune_threshold,
             process_group=process_group(ctx),
             tolerance=t.tolerance if bayes and t.tolerance > 0 else None,
-            finetune_epochs=t.finetune_epochs if bayes else 0,
+            finetune_epochs=(None if t.finetune_epochs == -1 else t.finetune_epochs) if bayes else 0,
+            target_compression=t.target_compression if bayes and t.target_compression > 0 else None,
         )
 
 

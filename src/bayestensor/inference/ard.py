@@ -62,12 +62,32 @@ What it does:
   that are back-propagated count and evaluating :meth:`loss` still changes no state.
   With ``end_epoch(evaluate=...)`` the same tolerance also decides pruning: a pass removes the
   weakest components for as long as the evaluated (held-out) loss stays within ``τ`` of its value.
+* **Target compression** (``target_compression=R``, off by default): the trade-off stated up
+  front, met from both sides. From below, the pruning passes remove the weakest components
+  across layers until the size follows a geometric schedule that reaches ``R`` by
+  :data:`TARGET_REACHED_AT` of the run (:func:`~bayestensor.prune`'s ``max_params``). From above,
+  ``β(t)`` is multiplied by ``m_c ∈ [MIN_BETA_SCALE, 1]``, updated every
+  ``1/``:data:`TARGET_CHECKS_PER_EPOCH` of an epoch from ``P``, the compression that would be left
+  if every component under :data:`TARGET_WATCH` of its bond's largest (:meth:`projected_compression`)
+  were pruned now: such a component is on its way out, as the prior's pull grows while it shrinks,
+
+  .. math::
+
+      m_c \leftarrow m_c \exp\!\big(-η\,Δ\,\mathrm{clip}(e, -1, 4)\big) \ (e > 0), \qquad
+      m_c \leftarrow m_c \exp\!\big(-\tfrac{η}{10}\,Δ\,\mathrm{clip}(e, -1, 4)\big) \ (e \le 0), \qquad
+      e = \frac{\log(P / R)}{\log(1 + \mathrm{TARGET\_BAND})},
+
+  ``η`` = :data:`TARGET_RATE` and ``Δ`` the fraction of an epoch between checks. At ``β = 1`` the
+  prior's own optimum can lie far past ``R`` (LeNet-5 on Fashion-MNIST: over 300×); the cap keeps it
+  from switching off the components the target keeps, rather than pruning less after the fact
+  (a switched-off component does not come back).
 * **Fine-tune** (``finetune_epochs=k``). In the last ``k`` epochs the prior is off
   (``β = 0``) and nothing is pruned: the ranks are those of the last pruning pass, at the end of
   epoch ``epochs − k``, and the weights are fitted at those ranks. The prior's pull
   ``β D / (N s)`` shrinks every kept component too (ARD's posterior mode is a shrunk fit, as
   under weight decay), which costs accuracy the data could support at the ranks found; the
-  fine-tune gives it back without changing what was pruned.
+  fine-tune gives it back without changing what was pruned. Off by default, except with a
+  ``target_compression``: then the last ``⌊(1 − TARGET_REACHED_AT) · epochs⌋`` epochs.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
   nothing irreversible happens to it; :attr:`collapsed` lists those layers.
@@ -93,6 +113,16 @@ from .schedules import kl_weight
 COLLAPSE_RATIO = 1e-2
 #: With a ``target_compression``, the fraction of the run by which the pruning schedule reaches it.
 TARGET_REACHED_AT = 0.7
+#: With a ``target_compression`` ``R``, the run ends with a compression in ``[R, (1 + TARGET_BAND) R]``.
+TARGET_BAND = 0.25
+#: Checks per epoch of the compression ARD is heading for (``target_compression``'s cap).
+TARGET_CHECKS_PER_EPOCH = 50
+#: The cap counts a component as lost once ``c_r / max c`` of its bond falls under this: the prior's pull
+#: ``β D / (N s)`` grows as a slice shrinks, so such a component is on its way to the pruning threshold.
+TARGET_WATCH = 0.1
+#: Largest fall of ``log m_c`` per epoch under ``target_compression`` (at ``e = 1``; four times that at most);
+#: it rises 10x slower. Faster than :data:`BETA_RATE`: a component that is switched off does not come back.
+TARGET_RATE = 20.0
 #: Default length of the no-KL phase, as a fraction of ``epochs``.
 DEFAULT_NO_KL_FRACTION = 0.1
 #: Default length of the linear KL ramp after it, as a fraction of ``epochs``.
@@ -127,6 +157,20 @@ class _LossConstraint:
         excess = (smoothed - (1 + tolerance) * self.best_loss) / (tolerance * self.best_loss)
         rate = BETA_RATE / (10 * steps_per_epoch)
         scale = self.beta_scale * math.exp(-rate * min(max(excess, -1.0), 10.0))
+        self.beta_scale = min(1.0, max(MIN_BETA_SCALE, scale))
+
+
+@dataclass
+class _CompressionCap:
+    """State of ``target_compression``'s cap: ``m``, the multiplier of the KL weight that holds ARD at the target."""
+
+    beta_scale: float = 1.0
+
+    def update(self, projected: float, *, target: float, epoch_fraction: float) -> None:
+        """One check, ``epoch_fraction`` of an epoch after the last, with ``projected`` = ``P`` (module docstring)."""
+        excess = math.log(projected / target) / math.log1p(TARGET_BAND)
+        step = TARGET_RATE * epoch_fraction * min(max(excess, -1.0), 4.0)
+        scale = self.beta_scale * math.exp(-step if excess > 0 else -step / 10)
         self.beta_scale = min(1.0, max(MIN_BETA_SCALE, scale))
 
 
@@ -171,12 +215,14 @@ class ARD:
         ``torch.distributed`` group whose processes prune identically (DDP); ``None`` outside DDP.
     target_compression
         The trade-off stated up front: the tensorized layers' dense parameters over their stored
-        ones at the end of the run (``> 1``). Each pruning pass first removes what ARD switched off,
-        then, if the layers are still larger than the schedule allows, the weakest remaining
-        components (:func:`~bayestensor.prune`'s ``max_params``). The allowed size shrinks
-        geometrically from the start to the target over the pruning passes up to
-        :data:`TARGET_REACHED_AT` of the run, so the rest of the run trains the final ranks. ARD can
-        compress further than the target on its own; the target is a floor on compression.
+        ones at the end of the run (``> 1``), met from both sides (module docstring). Each pruning
+        pass first removes what ARD switched off, then, if the layers are still larger than the
+        schedule allows, the weakest remaining components (:func:`~bayestensor.prune`'s
+        ``max_params``); the allowed size shrinks geometrically from the start to the target over
+        the pruning passes up to :data:`TARGET_REACHED_AT` of the run, so the rest of the run trains
+        the final ranks. Between passes the KL weight is scaled down while the components above
+        :data:`TARGET_WATCH` of their bond's largest would compress the layers past the target, so
+        the prior does not switch off more than the target asks for.
     tolerance
         The other way to state the trade-off: the relative rise of the smoothed training task loss
         over its best value that the prior may cause (``0.01`` = 1 %); ``β`` is scaled down while
@@ -184,7 +230,11 @@ class ARD:
         docstring). ``None`` (default): ``β`` follows the schedule alone. Must be ``> 0``.
     finetune_epochs
         The last epochs of the run train with the prior off and the ranks fixed (module docstring);
-        ``0`` (default): the prior stays on to the end. Counts towards the run with the warm-up.
+        ``0``: the prior stays on to the end. Counts towards the run with the warm-up. ``None``
+        (default): ``0`` without a ``target_compression``; with one, the last
+        ``⌊(1 − TARGET_REACHED_AT) · epochs⌋`` epochs (at most what the warm-up leaves): the target
+        fixes the size, so once the ranks are chosen the prior has nothing left to decide and its
+        shrinkage would only cost accuracy.
     """
 
     def __init__(
@@ -204,7 +254,7 @@ class ARD:
         process_group: Any = None,
         target_compression: float | None = None,
         tolerance: float | None = None,
-        finetune_epochs: float = 0.0,
+        finetune_epochs: float | None = None,
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
@@ -225,6 +275,9 @@ class ARD:
             raise ValueError(
                 f"no_kl_epochs and warmup_epochs must be >= 0, got {self.no_kl_epochs} and {self.warmup_epochs}"
             )
+        if finetune_epochs is None:  # a target fixes the size: refit at the chosen ranks for the rest of the run
+            room = max(epochs - self.no_kl_epochs - self.warmup_epochs, 0.0)
+            finetune_epochs = 0 if target_compression is None else min(int((1 - TARGET_REACHED_AT) * epochs), int(room))
         if isinstance(finetune_epochs, bool) or not (
             isinstance(finetune_epochs, int | float) and 0 <= finetune_epochs < epochs
         ):
@@ -256,6 +309,7 @@ class ARD:
             )
         self.tolerance = None if tolerance is None else float(tolerance)
         self.constraint = _LossConstraint()
+        self.cap = _CompressionCap()
         self._pending: list[float] = []  # task losses back-propagated since the last optimizer step
         self._counted_steps = 0  # optimizer steps of the first epoch, once it has ended
         self.process_group = process_group
@@ -272,6 +326,17 @@ class ARD:
             )
         self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
         self.initial_compression = self.compression()
+        if (
+            self.target_compression is not None
+            and self.initial_compression > (1 + TARGET_BAND) * self.target_compression
+        ):
+            warnings.warn(
+                f"ARD: target_compression={self.target_compression:g} is below the model's compression at the start "
+                f"({self.initial_compression:.3g}x); pruning only removes components, so the run will end at "
+                f"{self.initial_compression:.3g}x or more. Start from larger ranks (max_rank, start_fraction) to reach "
+                "the target",
+                stacklevel=2,
+            )
         # β(t) as a 0-d tensor, refreshed whenever the schedule moves, so that a compiled loss reads
         # it as a graph input instead of specialising on (and recompiling for) every new value
         param = next(self.model.parameters(), None)
@@ -300,12 +365,12 @@ class ARD:
 
     @property
     def beta_scale(self) -> float:
-        """``m``, the ``tolerance`` controller's multiplier of the scheduled KL weight (1 without ``tolerance``)."""
-        return self.constraint.beta_scale
+        """``m``, the scheduled KL weight's multiplier: ``tolerance``'s times ``target_compression``'s (else 1)."""
+        return self.constraint.beta_scale * self.cap.beta_scale
 
     @property
     def beta(self) -> float:
-        """The KL weight ``β(t) = β_sched(t) · m`` of the current step (``m = 1`` without ``tolerance``)."""
+        """The KL weight ``β(t) = β_sched(t) · m`` of the current step (``m = 1`` without tolerance or target)."""
         return self.scheduled_beta * self.beta_scale
 
     @torch.no_grad()
@@ -346,10 +411,34 @@ class ARD:
             value, tolerance=self.tolerance, scheduled_beta=self.scheduled_beta, steps_per_epoch=per_epoch
         )
 
+    def projected_compression(self, threshold: float = TARGET_WATCH) -> float:
+        """The compression left if every component under ``threshold · max c`` of its bond were pruned now."""
+        dense = stored = 0
+        for name, layer in tensorized_layers(self.model):
+            t = layer.weight
+            dense += layer.dense_params()
+            stored += layer.get_num_params() - t.n_params()  # biases
+            if t.method is None or name in self.collapsed:  # never pruned
+                stored += t.n_params()
+            else:
+                stored += t.fmt.n_params(t.out_shape, t.in_shape, t.active_ranks(max(threshold, self.prune_threshold)))
+        return dense / stored if stored else 1.0
+
+    def _cap(self) -> None:
+        """One check of ``target_compression``'s cap, every ``1 / TARGET_CHECKS_PER_EPOCH`` of an epoch."""
+        per_epoch = self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
+        every = max(1, per_epoch // TARGET_CHECKS_PER_EPOCH)
+        if self.scheduled_beta == 0 or self.step_in_epoch % every:
+            return
+        projected = self.projected_compression()
+        self.cap.update(projected, target=self.target_compression, epoch_fraction=every / per_epoch)
+
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.tolerance is not None:
             self._constrain()
+        if self.target_compression is not None:
+            self._cap()
         self.step_in_epoch += 1
         self._sync_beta()
         for _, t in self.tensors:
@@ -440,7 +529,7 @@ class ARD:
 
     # ------------------------------------------------------------------ lifecycle
     def state_dict(self) -> dict[str, Any]:
-        """Progress counters, collapse record and ``tolerance`` controller, for checkpoints.
+        """Progress counters, collapse record and the ``tolerance`` and target controllers, for checkpoints.
 
         The model and optimizer save their own state.
         """
@@ -450,6 +539,8 @@ class ARD:
             "collapsed": list(self.collapsed),
             "initial_rms": dict(self.initial_rms),
             "counted_steps": self._counted_steps,
+            "initial_compression": self.initial_compression,
+            "cap_beta_scale": self.cap.beta_scale,
             **asdict(self.constraint),
         }
 
@@ -463,6 +554,8 @@ class ARD:
         # absent from checkpoints written before ``tolerance`` existed: a controller at rest
         self.constraint = _LossConstraint(**{f.name: state[f.name] for f in fields(_LossConstraint) if f.name in state})
         self._counted_steps = int(state.get("counted_steps", 0))
+        self.cap = _CompressionCap(float(state.get("cap_beta_scale", 1.0)))
+        self.initial_compression = float(state.get("initial_compression", self.initial_compression))
         self._sync_beta()
 
     def close(self) -> None:
