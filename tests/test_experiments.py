@@ -102,10 +102,12 @@ def test_smoke_run_writes_a_complete_run_folder(case, tmp_path):
         assert row["collapsed"] == (row["weight_rms"] < 1e-2 * row["initial_weight_rms"])
 
 
-def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--set", "train.target_compression=40"]], ids=["plain", "target"])
+def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(extra, tmp_path):
+    """Also with a target, which prunes this smoke run to 40x (its state's round trip: test_ard's cap test)."""
     data = write_idx_dir(tmp_path / "fashion")
     base = [sys.executable, "-m", "bayestensor", "train", "fashion-mnist-fc", "--smoke", "--quiet", "--method", "svi",
-            "--data-dir", str(data), "--epochs", "3"]  # fmt: skip
+            "--data-dir", str(data), "--epochs", "3", *extra]  # fmt: skip
     killed = tmp_path / "killed"
     run = subprocess.run([*base, "--out", str(killed)], env={**env(), KILL_ENV: "2"}, capture_output=True, text=True)
     assert run.returncode == KILL_STATUS, run.stderr
