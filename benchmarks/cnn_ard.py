@@ -190,8 +190,8 @@ def main() -> None:
         for name in names:  # one plot per model: FILE itself for one, FILE's stem + _model for several
             rows = [r for r in saved if r["model"] == name]
             curve = sorted((r for r in rows if r.get("target")), key=lambda r: r["target"])
-            args.plot = str(out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}"))
-            plot(name, [r for r in rows if not r.get("target")] + curve, len(curve), args, rows[0]["epochs"])
+            path = out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}")
+            plot(name, [r for r in rows if not r.get("target")] + curve, len(curve), path, rows[0]["epochs"])
         return
     if args.holdout and args.tolerance is None:
         p.error("--holdout prunes within --tolerance; give both")
@@ -219,10 +219,10 @@ def main() -> None:
                 flush=True,
             )
         if curve:
-            plot(name, results, len(curve), args, args.epochs)
+            plot(name, results, len(curve), Path(args.plot), args.epochs)
 
 
-def plot(name: str, results: list[dict], n_curve: int, args, epochs: int) -> None:
+def plot(name: str, results: list[dict], n_curve: int, path: Path, epochs: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,8 +243,8 @@ def plot(name: str, results: list[dict], n_curve: int, args, epochs: int) -> Non
     ax.set_title(f"{name}, Fashion-MNIST ({epochs} epochs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=120)
-    print(f"plot: {args.plot}")
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..tensors import DEFAULT_PRUNE_THRESHOLD
+from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
 from .objective import bayesian_tensors, prior_loss
 from .pruning import PruneReport, prune, tensorized_layers
 from .schedules import kl_weight
@@ -406,27 +406,42 @@ class ARD:
             return
         value = sum(self._pending) / len(self._pending)
         self._pending = []
-        per_epoch = self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
         self.constraint.update(
-            value, tolerance=self.tolerance, scheduled_beta=self.scheduled_beta, steps_per_epoch=per_epoch
+            value, tolerance=self.tolerance, scheduled_beta=self.scheduled_beta, steps_per_epoch=self._per_epoch
         )
+
+    @property
+    def _per_epoch(self) -> int:
+        """Optimizer steps per epoch: as given, else as counted in the first epoch, else assumed."""
+        return self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
+
+    def _sizes(self) -> tuple[int, int, list[FactorizedTensor]]:
+        """``(dense, fixed, prunable)`` of the tensorized layers: their dense parameters, what pruning leaves.
+
+        ``fixed`` counts the biases and the fixed-rank and collapsed weights; ``prunable`` lists the
+        factorized weights a pruning pass may shrink.
+        """
+        dense = fixed = 0
+        prunable = []
+        for name, layer in tensorized_layers(self.model):
+            dense += layer.dense_params()
+            fixed += layer.get_num_params() - layer.weight.n_params()  # biases
+            if layer.weight.method is None or name in self.collapsed:
+                fixed += layer.weight.n_params()
+            else:
+                prunable.append(layer.weight)
+        return dense, fixed, prunable
 
     def projected_compression(self, threshold: float = TARGET_WATCH) -> float:
         """The compression left if every component under ``threshold · max c`` of its bond were pruned now."""
-        dense = stored = 0
-        for name, layer in tensorized_layers(self.model):
-            t = layer.weight
-            dense += layer.dense_params()
-            stored += layer.get_num_params() - t.n_params()  # biases
-            if t.method is None or name in self.collapsed:  # never pruned
-                stored += t.n_params()
-            else:
-                stored += t.fmt.n_params(t.out_shape, t.in_shape, t.active_ranks(max(threshold, self.prune_threshold)))
+        dense, stored, prunable = self._sizes()
+        cut = max(threshold, self.prune_threshold)
+        stored += sum(t.fmt.n_params(t.out_shape, t.in_shape, t.active_ranks(cut)) for t in prunable)
         return dense / stored if stored else 1.0
 
     def _cap(self) -> None:
         """One check of ``target_compression``'s cap, every ``1 / TARGET_CHECKS_PER_EPOCH`` of an epoch."""
-        per_epoch = self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
+        per_epoch = self._per_epoch
         every = max(1, per_epoch // TARGET_CHECKS_PER_EPOCH)
         if self.scheduled_beta == 0 or self.step_in_epoch % every:
             return
@@ -463,10 +478,7 @@ class ARD:
             frac = (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
         start = max(self.initial_compression, 1.0)
         target = start * (max(self.target_compression, start) / start) ** min(max(frac, 0.0), 1.0)
-        layers = tensorized_layers(self.model)
-        dense = sum(m.dense_params() for _, m in layers)
-        fixed = sum(m.get_num_params() - m.weight.n_params() for _, m in layers)  # biases
-        fixed += sum(m.weight.n_params() for n, m in layers if m.weight.method is None or n in self.collapsed)
+        dense, fixed, _ = self._sizes()
         return max(int(dense / target) - fixed, 0)
 
     def _check_collapse(self) -> list[str]:
