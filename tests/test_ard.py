@@ -16,6 +16,7 @@ from torch import nn
 import bayestensor as bt
 from bayestensor.data import planted_regression, planted_teacher
 from bayestensor.formats import get_format
+from bayestensor.tensors import POSTERIORS
 
 FORMATS = bt.available_formats()
 
@@ -339,18 +340,19 @@ def test_prune_to_a_parameter_budget_removes_the_weakest_components_first(fmt):
     assert all(r == 1 for ranks in tiny.after.values() for r in ranks)
 
 
-def mlp_64_256_10():
-    """The digits experiment's shape, TTM MAP layers at the default starting ranks (seed 0)."""
+def mlp_64_256_10(method: str = "map"):
+    """The digits experiment's shape, TTM layers of ``method`` at the default starting ranks (seed 0)."""
     torch.manual_seed(0)
     return nn.Sequential(
-        bt.TensorizedLinear(64, 256, format="ttm", method="map"), nn.ReLU(),
-        bt.TensorizedLinear(256, 10, format="ttm", method="map"),
+        bt.TensorizedLinear(64, 256, format="ttm", method=method), nn.ReLU(),
+        bt.TensorizedLinear(256, 10, format="ttm", method=method),
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("method", list(POSTERIORS))
 @pytest.mark.parametrize("target", [20.0, 40.0])
-def test_target_compression_is_met_within_a_quarter(target):
-    model = mlp_64_256_10()
+def test_target_compression_is_met_within_a_quarter(target, method):
+    model = mlp_64_256_10(method)
     x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     ard = bt.ARD(model, opt, num_data=len(x), epochs=10, kl_weight=0.2, target_compression=target)

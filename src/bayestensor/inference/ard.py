@@ -222,7 +222,10 @@ class ARD:
         the pruning passes up to :data:`TARGET_REACHED_AT` of the run, so the rest of the run trains
         the final ranks. Between passes the KL weight is scaled down while the components above
         :data:`TARGET_WATCH` of their bond's largest would compress the layers past the target, so
-        the prior does not switch off more than the target asks for.
+        the prior does not switch off more than the target asks for. Pruning cannot grow ranks:
+        ARD chooses among the components the model starts with, so a model that starts near ``R``
+        (``bt.tensorize``'s default start is about ``10×``) leaves it little to choose; start larger
+        (``start_fraction``) to let it choose.
     tolerance
         The other way to state the trade-off: the relative rise of the smoothed training task loss
         over its best value that the prior may cause (``0.01`` = 1 %); ``β`` is scaled down while
