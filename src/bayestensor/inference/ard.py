@@ -466,9 +466,9 @@ class ARD:
     # ------------------------------------------------------------------ per epoch
     def compression(self) -> float:
         """Dense parameters of the tensorized layers over the parameters they store (weights and biases)."""
-        layers = tensorized_layers(self.model)
-        stored = sum(m.get_num_params() for _, m in layers)
-        return sum(m.dense_params() for _, m in layers) / stored if stored else 1.0
+        dense, stored, prunable = self._sizes()
+        stored += sum(t.n_params() for t in prunable)
+        return dense / stored if stored else 1.0
 
     def _budget(self, epoch: int) -> int | None:
         """Factor parameters the Bayesian layers may hold after pruning at ``epoch`` (``None``: no target)."""
