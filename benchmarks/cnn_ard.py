@@ -117,8 +117,9 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
     if variant != "dense":
         method = None if variant == "fixed" else variant
         net, summary = bt.tensorize(
-            net, format=args.format, method=method, init="random", start_fraction=args.start_fraction
-        )
+            net, format=args.format, method=method, init="random", start_fraction=args.start_fraction,
+            **({"prior_kwargs": {"scale_free": 1}} if args.scale_free and method else {}),
+        )  # fmt: skip
     factors = [p for n, p in net.named_parameters() if ".factors." in n or ".raw_scales." in n]
     others = [p for n, p in net.named_parameters() if not (".factors." in n or ".raw_scales." in n)]
     groups = [{"params": others}] + ([{"params": factors, "lr": args.factor_lr}] if factors else [])
@@ -170,6 +171,7 @@ def main() -> None:
     p.add_argument("--format", default="tt")
     p.add_argument("--factor-lr", type=float, default=1e-3)
     p.add_argument("--start-fraction", type=float, default=0.1)
+    p.add_argument("--scale-free", action="store_true", help="the prior ignores each layer's overall scale")
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
     p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")
     p.add_argument("--finetune", type=float, default=None, help="ARD finetune_epochs (default: ARD's own)")

@@ -222,3 +222,90 @@ def test_ranks_names_layers():
         bt.TensorizedLinear(8, 4, format="cp", max_rank=3),
     )
     assert bt.ranks(model) == {"0": model[0].weight.ranks, "2": [3]}
+
+
+def _scale_(t, alpha):
+    """Multiply every factor mean and posterior std of ``t`` by ``alpha`` in place."""
+    with torch.no_grad():
+        for f in t.factors:
+            f.mul_(alpha)
+        for raw in getattr(t.posterior, "raw_scales", []):
+            raw.copy_((F.softplus(raw) * alpha).expm1().log())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prior", bt.available_priors())
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_scale_free_prior_ignores_the_overall_scale_and_is_the_fixed_one_rescaled(fmt, prior, method):
+    torch.manual_seed(0)
+    free = tensor(fmt, method, prior=prior, prior_kwargs={"scale_free": 1})
+    torch.manual_seed(0)
+    fixed = tensor(fmt, method, prior=prior)
+    assert free.scale_free and not fixed.scale_free
+    torch.testing.assert_close(free.prior_loss(), fixed.prior_loss())  # ε = ε_0 at construction
+    before, lam_before = free.prior_loss(), [lam.clone() for lam in free.rank_variance_update()]
+    _scale_(free, 1.7)
+    _scale_(fixed, 1.7)
+    torch.testing.assert_close(free.prior_loss(), before)  # unchanged under W -> α W (α on every factor)
+    assert not torch.allclose(fixed.prior_loss(), before)
+    for new, old in zip(free.rank_variance_update(), lam_before, strict=True):
+        torch.testing.assert_close(new, old)  # the M-step sees the same relative energies
+    # independent form: the fixed-scale prior at the factors rescaled to ε_0 (means and stds alike)
+    energy, count = free.flat_rank_statistics()
+    c = float((free.prior_reference / (energy.sum() / count.sum())).sqrt().detach())
+    _scale_(fixed, c)
+    torch.testing.assert_close(free.prior_loss(), fixed.prior_loss())
+    # the gradient has no component along the scale direction: d/dα R(α W) = 0 at α = 1
+    grads = torch.autograd.grad(free.prior_loss(), list(free.factors))
+    radial = sum((g * f).sum() for g, f in zip(grads, free.factors, strict=True))
+    if method == "svi":
+        sigma_grads = torch.autograd.grad(free.prior_loss(), list(free.posterior.raw_scales))
+        radial = radial + sum(
+            (g * F.softplus(r) / torch.sigmoid(r)).sum()  # dσ/dρ = sigmoid(ρ), so ρ's share of σ·∂R/∂σ
+            for g, r in zip(sigma_grads, free.posterior.raw_scales, strict=True)
+        )
+    assert abs(float(radial)) < 1e-8 * max(1.0, float(before.abs()))
+
+
+@pytest.mark.parametrize("scale_free", [0, 1])
+def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(scale_free):
+    """Batch norm makes the loss blind to the layer's scale; the fixed-scale prior then shrinks it without end."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=g)
+    y = torch.tanh(x @ torch.randn(16, 4, generator=g)) @ torch.randn(4, 1, generator=g)
+    torch.manual_seed(1)
+    layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=4, method="map", prior_kwargs={"scale_free": scale_free})
+    net = nn.Sequential(layer, nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    ard = bt.ARD(net, opt, num_data=len(x), epochs=30, no_kl_epochs=0, warmup_epochs=0, prune_every=1000)
+    start = layer.weight.weight_rms()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bt.CollapseWarning)
+        for _ in range(30):
+            for idx in torch.arange(len(x)).split(32):
+                loss = ard.loss(F.mse_loss(net(x[idx]), y[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            ard.end_epoch()
+    ratio = layer.weight.weight_rms() / start
+    net.eval()
+    with torch.no_grad():
+        fit = float(F.mse_loss(net(x), y) / y.var())
+    if scale_free:
+        assert ratio > 0.5 and fit < 0.35, (ratio, fit)
+    else:
+        assert ratio < 0.1, ratio  # and it would go on shrinking
+
+
+def test_scale_free_prior_checks_its_value_and_survives_export():
+    with pytest.raises(ValueError, match="scale_free must be 0 or 1, got 2"):
+        bt.TensorizedLinear(8, 8, method="map", prior_kwargs={"scale_free": 2})
+    layer = bt.TensorizedLinear(8, 8, format="tt", max_rank=2, method="svi", prior_kwargs={"scale_free": 1})
+    kwargs = layer.export_kwargs
+    assert kwargs["prior_kwargs"]["scale_free"] == 1.0
+    twin = bt.TensorizedLinear(**kwargs)
+    twin.load_state_dict(layer.state_dict())
+    assert twin.weight.scale_free
+    torch.testing.assert_close(twin.weight.prior_reference, layer.weight.prior_reference)
+    torch.testing.assert_close(twin.weight.prior_loss(), layer.weight.prior_loss())

@@ -69,13 +69,26 @@ class RankPrior(nn.Module, ABC):
 
 
 def get_prior(name: str, **kwargs: float) -> RankPrior:
-    """Build a registered rank prior by name with its hyper-parameters."""
+    r"""Build a registered rank prior by name with its hyper-parameters.
+
+    Every prior also takes ``scale_free`` (``0``, the default, or ``1``): with ``1`` the prior
+    ignores the factors' overall scale and acts only on the components' relative sizes (see
+    :meth:`~bayestensor.FactorizedTensor.prior_loss`). It is stored as a buffer like the other
+    hyper-parameters, so checkpoints and exported layers keep it.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown prior {name!r}; expected one of {available_priors()}")
+    kwargs = dict(kwargs)
+    scale_free = kwargs.pop("scale_free", 0.0)
+    if scale_free not in (0, 1):
+        raise ValueError(f"prior {name!r}: scale_free must be 0 or 1, got {scale_free!r}")
     try:
-        return _REGISTRY[name](**kwargs)
+        prior = _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise ValueError(f"bad hyper-parameters {kwargs} for prior {name!r}: {err}") from None
+    if scale_free:
+        prior.register_buffer("scale_free", as_buffer(1.0))
+    return prior
 
 
 def available_priors() -> list[str]:

@@ -143,6 +143,10 @@ class FactorizedTensor(nn.Module):
                 init = [
                     self.prior.map_update(e.to(lam_dtype), c.to(lam_dtype)) for e, c in zip(energy, count, strict=True)
                 ]
+            if self.scale_free:  # ε_0: the mean second moment the scale-free prior measures energies against
+                self.register_buffer(
+                    "prior_reference", self._mean_energy(*self.flat_rank_statistics()).detach().to(lam_dtype)
+                )
             for b, lam in enumerate(init):
                 if rank_update == "em":
                     self.register_buffer(f"rank_variance_{b}", lam.clone())
@@ -226,14 +230,56 @@ class FactorizedTensor(nn.Module):
         energy, count = self.flat_rank_statistics()
         return list(energy.split(self.ranks)), list(count.split(self.ranks))
 
+    @property
+    def scale_free(self) -> bool:
+        """Whether the prior ignores the factors' overall scale (the prior's ``scale_free=1``; :meth:`prior_loss`)."""
+        return self.method is not None and bool(getattr(self.prior, "scale_free", 0))
+
+    @staticmethod
+    def _mean_energy(energy: Tensor, count: Tensor) -> Tensor:
+        """``ε = Σ_r M_r / Σ_r D_r``: the mean second moment of the governed entries, over all bonds."""
+        return energy.sum() / count.sum()
+
+    def prior_statistics(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``M``, ``D`` (as :meth:`flat_rank_statistics`, in ``λ``'s dtype) and ``log(ε/ε_0)`` for :meth:`prior_loss`.
+
+        With a scale-free prior ``M`` is rescaled to ``M ε_0 / ε``; otherwise it is returned as is
+        and the log ratio is 0.
+        """
+        energy, count = self.flat_rank_statistics()
+        dtype = self.rank_variances()[0].dtype
+        energy, count = energy.to(dtype), count.to(dtype)
+        if not self.scale_free:
+            return energy, count, energy.new_zeros(())
+        ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
+        return energy / ratio, count, ratio.log()
+
     def prior_loss(self) -> Tensor:
-        """``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression."""
+        r"""``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression.
+
+        .. math::
+
+            \mathcal{R} = \sum_r \Big[\frac{M_r}{2λ_r} + \frac{D_r}{2}\log(2πλ_r) - \log p(λ_r)\Big] - H[q],
+
+        with ``M_r = Σ E_q[w²]`` over the ``D_r`` entries that ``λ_r`` governs. **Scale-free prior**
+        (``prior_kwargs={"scale_free": 1}``): the data fix the factors' overall scale and the prior
+        only their relative sizes. With ``ε = Σ_r M_r / Σ_r D_r`` and ``ε_0`` its value at
+        construction (the buffer ``prior_reference``), ``M_r`` is replaced by ``M_r ε_0 / ε`` and
+        ``(n_q / 2) log(ε / ε_0)`` is added, ``n_q`` the number of entries with a posterior spread
+        (0 for MAP), so that :math:`\mathcal{R}` is unchanged when every factor mean and posterior
+        std is multiplied by the same ``α``. Where the task loss does not fix the scale either
+        (a layer followed by batch norm), the fixed-scale prior drags the whole layer towards zero
+        (its pull ``β D / (N s)`` grows as the layer shrinks); the scale-free one does not, and
+        equals the fixed-scale one wherever ``ε = ε_0``.
+        """
         if self.method is None:
             return self.factors[0].new_zeros(())
-        energy, count = self.flat_rank_statistics()
+        energy, count, log_ratio = self.prior_statistics()
         lam = torch.cat(self.rank_variances())
-        energy, count = energy.to(lam.dtype), count.to(lam.dtype)
         total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
+        if self.scale_free:
+            spread = sum(p.numel() for plist in self.posterior.factor_parameters() for p in plist)
+            total = total + 0.5 * spread * log_ratio
         return total - self.posterior.entropy(list(self.factors)).to(total.dtype)
 
     def _versions(self) -> tuple[int, ...]:
@@ -266,9 +312,9 @@ class FactorizedTensor(nn.Module):
         A pure function of the factors and ``λ`` (``rank_update="em"`` only), so it also runs
         under ``torch.func.vmap`` over the particles of an ensemble.
         """
-        energy, count = self.flat_rank_statistics()
+        energy, count, _ = self.prior_statistics()
         lam = torch.cat(self.rank_variances())
-        target = self.prior.map_update(energy.to(lam.dtype), count.to(lam.dtype))
+        target = self.prior.map_update(energy, count)
         new = ((1.0 - self.em_step) * lam + self.em_step * target).clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
         return list(new.split(self.ranks))
 

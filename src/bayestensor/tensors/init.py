@@ -64,6 +64,8 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
         p.copy_(f.to(p))
     tensor.posterior.reset_(list(tensor.factors))
     if tensor.method is not None:
+        if tensor.scale_free:  # the decomposed weight's scale is the one the data fixed
+            tensor.prior_reference.copy_(tensor._mean_energy(*tensor.flat_rank_statistics()))
         energies, counts = tensor.rank_statistics()
         for b, (e, c) in enumerate(zip(energies, counts, strict=True)):
             lam_ref = tensor.rank_variances()[b]
