@@ -263,8 +263,8 @@ class FactorizedTensor(nn.Module):
 
         with ``M_r = Σ E_q[w²]`` over the ``D_r`` entries that ``λ_r`` governs. **Scale-free prior**
         (``prior_kwargs={"scale_free": 1}``): the data fix the factors' overall scale and the prior
-        only their relative sizes. With ``ε = Σ_r M_r / Σ_r D_r`` and ``ε_0`` its value at
-        construction (the buffer ``prior_reference``), ``M_r`` is replaced by ``M_r ε_0 / ε`` and
+        only their relative sizes. With ``ε = Σ_r M_r / Σ_r D_r`` and ``ε_0`` its value when the
+        factors were drawn or decomposed (the buffer ``prior_reference``), ``M_r`` becomes ``M_r ε_0 / ε`` and
         ``(n_q / 2) log(ε / ε_0)`` is added, ``n_q`` the number of entries with a posterior spread
         (0 for MAP), so that :math:`\mathcal{R}` is unchanged when every factor mean and posterior
         std is multiplied by the same ``α``. Where the task loss does not fix the scale either
