@@ -11,6 +11,7 @@ from torch.distributions import Normal, kl_divergence
 
 import bayestensor as bt
 from bayestensor.tensors import POSTERIORS, FactorizedTensor
+from bayestensor.tensors.posteriors.mean_field import inverse_softplus
 
 FORMATS = bt.available_formats()
 SHAPE = ((2, 3, 2), (3, 2, 2))
@@ -230,7 +231,7 @@ def _scale_(t, alpha):
         for f in t.factors:
             f.mul_(alpha)
         for raw in getattr(t.posterior, "raw_scales", []):
-            raw.copy_((F.softplus(raw) * alpha).expm1().log())
+            raw.copy_(inverse_softplus(F.softplus(raw) * alpha))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

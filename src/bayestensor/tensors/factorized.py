@@ -139,14 +139,10 @@ class FactorizedTensor(nn.Module):
             self.prior = get_prior(prior, **(prior_kwargs or {}))
             lam_dtype = torch.float32 if factory["dtype"] in (torch.float16, torch.bfloat16) else factory["dtype"]
             with torch.no_grad():
-                energy, count = self.rank_statistics()
-                init = [
-                    self.prior.map_update(e.to(lam_dtype), c.to(lam_dtype)) for e, c in zip(energy, count, strict=True)
-                ]
-            if self.scale_free:  # ε_0: the mean second moment the scale-free prior measures energies against
-                self.register_buffer(
-                    "prior_reference", self._mean_energy(*self.flat_rank_statistics()).detach().to(lam_dtype)
-                )
+                energy, count = (s.to(lam_dtype) for s in self.flat_rank_statistics())
+                if self.scale_free:  # ε_0: the mean second moment the scale-free prior measures energies against
+                    self.register_buffer("prior_reference", self._mean_energy(energy, count))
+                init = self.prior.map_update(energy, count).split(self.ranks)
             for b, lam in enumerate(init):
                 if rank_update == "em":
                     self.register_buffer(f"rank_variance_{b}", lam.clone())
@@ -240,17 +236,15 @@ class FactorizedTensor(nn.Module):
         """``ε = Σ_r M_r / Σ_r D_r``: the mean second moment of the governed entries, over all bonds."""
         return energy.sum() / count.sum()
 
-    def prior_statistics(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``M``, ``D`` (as :meth:`flat_rank_statistics`, in ``λ``'s dtype) and ``log(ε/ε_0)`` for :meth:`prior_loss`.
+    def _prior_statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s) and ``log(ε/ε_0)`` for the prior.
 
         With a scale-free prior ``M`` is rescaled to ``M ε_0 / ε``; otherwise it is returned as is
-        and the log ratio is 0.
+        and the log ratio is ``None``.
         """
-        energy, count = self.flat_rank_statistics()
-        dtype = self.rank_variances()[0].dtype
-        energy, count = energy.to(dtype), count.to(dtype)
+        energy, count = (s.to(dtype) for s in self.flat_rank_statistics())
         if not self.scale_free:
-            return energy, count, energy.new_zeros(())
+            return energy, count, None
         ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
         return energy / ratio, count, ratio.log()
 
@@ -274,10 +268,10 @@ class FactorizedTensor(nn.Module):
         """
         if self.method is None:
             return self.factors[0].new_zeros(())
-        energy, count, log_ratio = self.prior_statistics()
         lam = torch.cat(self.rank_variances())
+        energy, count, log_ratio = self._prior_statistics(lam.dtype)
         total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
-        if self.scale_free:
+        if log_ratio is not None:
             spread = sum(p.numel() for plist in self.posterior.factor_parameters() for p in plist)
             total = total + 0.5 * spread * log_ratio
         return total - self.posterior.entropy(list(self.factors)).to(total.dtype)
@@ -312,8 +306,8 @@ class FactorizedTensor(nn.Module):
         A pure function of the factors and ``λ`` (``rank_update="em"`` only), so it also runs
         under ``torch.func.vmap`` over the particles of an ensemble.
         """
-        energy, count, _ = self.prior_statistics()
         lam = torch.cat(self.rank_variances())
+        energy, count, _ = self._prior_statistics(lam.dtype)
         target = self.prior.map_update(energy, count)
         new = ((1.0 - self.em_step) * lam + self.em_step * target).clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
         return list(new.split(self.ranks))

@@ -64,10 +64,10 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
         p.copy_(f.to(p))
     tensor.posterior.reset_(list(tensor.factors))
     if tensor.method is not None:
+        energy, count = tensor.flat_rank_statistics()
         if tensor.scale_free:  # the decomposed weight's scale is the one the data fixed
-            tensor.prior_reference.copy_(tensor._mean_energy(*tensor.flat_rank_statistics()))
-        energies, counts = tensor.rank_statistics()
-        for b, (e, c) in enumerate(zip(energies, counts, strict=True)):
+            tensor.prior_reference.copy_(tensor._mean_energy(energy, count))
+        for b, (e, c) in enumerate(zip(energy.split(tensor.ranks), count.split(tensor.ranks), strict=True)):
             lam_ref = tensor.rank_variances()[b]
             lam = tensor.prior.map_update(e.to(lam_ref.dtype), c.to(lam_ref.dtype))
             lam = lam.clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
