@@ -242,6 +242,31 @@ def test_a_collapsed_layer_is_named_and_never_pruned():
     assert ard.collapsed == ["2"] and bt.ranks(model)["2"] == ranks
 
 
+def test_with_a_target_a_collapsed_layer_is_not_paid_for_by_the_others():
+    """A collapsed layer keeps its full size; the target's budget holds only the others to R.
+
+    Counting the collapsed layer against the target would leave the others a budget of 0 here
+    (it alone holds more than ``dense / R``), and pruning would cut every bond to rank 1.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *(bt.TensorizedLinear(64, 64, format="tt", start_fraction=1.0, method="map") for _ in range(2))
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ard = bt.ARD(model, opt, num_data=10, epochs=1, no_kl_epochs=0, warmup_epochs=0, target_compression=4.0)
+    full = bt.ranks(model)["0"]
+    with torch.no_grad():
+        for f in model[0].weight.factors:
+            f.mul_(1e-3)
+    assert model[0].get_num_params() > sum(m.dense_params() for m in model) / 4  # alone past the whole budget
+    with pytest.warns(bt.CollapseWarning, match="'0'"):
+        ard.end_epoch()  # the last epoch: the pass prunes to the target
+    assert ard.collapsed == ["0"] and bt.ranks(model)["0"] == full
+    kept = model[1].dense_params() / model[1].get_num_params()
+    assert 4.0 <= kept <= 4.0 * (1 + bt.inference.ard.TARGET_BAND), kept
+    assert max(bt.ranks(model)["1"]) > 1
+
+
 def _ddp_prune(rank, world, init_file, queue):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

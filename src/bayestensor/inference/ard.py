@@ -90,7 +90,9 @@ What it does:
   ``target_compression``: then the last ``⌊(1 − TARGET_REACHED_AT) · epochs⌋`` epochs.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
-  nothing irreversible happens to it; :attr:`collapsed` lists those layers.
+  nothing irreversible happens to it; :attr:`collapsed` lists those layers With a
+  ``target_compression`` such a layer also leaves the target's accounting (budget and cap), so the
+  other layers are held to ``R`` on their own instead of being pruned harder to pay for it.
 """
 
 from __future__ import annotations
@@ -418,15 +420,19 @@ class ARD:
         """Optimizer steps per epoch: as given, else as counted in the first epoch, else assumed."""
         return self.steps_per_epoch or self._counted_steps or ASSUMED_STEPS_PER_EPOCH
 
-    def _sizes(self) -> tuple[int, int, list[FactorizedTensor]]:
+    def _sizes(self, *, collapsed: bool = True) -> tuple[int, int, list[FactorizedTensor]]:
         """``(dense, fixed, prunable)`` of the tensorized layers: their dense parameters, what pruning leaves.
 
         ``fixed`` counts the biases and the fixed-rank and collapsed weights; ``prunable`` lists the
-        factorized weights a pruning pass may shrink.
+        factorized weights a pruning pass may shrink. ``collapsed=False`` leaves the collapsed layers
+        out altogether: the target's budget and cap hold the layers ARD still decides to the target,
+        so a collapsed layer, which is never pruned, is not paid for by pruning the others harder.
         """
         dense = fixed = 0
         prunable = []
         for name, layer in tensorized_layers(self.model):
+            if not collapsed and name in self.collapsed:
+                continue
             dense += layer.dense_params()
             fixed += layer.get_num_params() - layer.weight.n_params()  # biases
             if layer.weight.method is None or name in self.collapsed:
@@ -436,8 +442,11 @@ class ARD:
         return dense, fixed, prunable
 
     def projected_compression(self, threshold: float = TARGET_WATCH) -> float:
-        """The compression left if every component under ``threshold · max c`` of its bond were pruned now."""
-        dense, stored, prunable = self._sizes()
+        """The compression left if every component under ``threshold · max c`` of its bond were pruned now.
+
+        Over the layers that have not collapsed (the ones the target holds; :meth:`_sizes`).
+        """
+        dense, stored, prunable = self._sizes(collapsed=False)
         cut = max(threshold, self.prune_threshold)
         stored += sum(t.fmt.n_params(t.out_shape, t.in_shape, t.active_ranks(cut)) for t in prunable)
         return dense / stored if stored else 1.0
@@ -481,7 +490,7 @@ class ARD:
             frac = (epoch - self.prune_start + 1) / (end - self.prune_start + 1)
         start = max(self.initial_compression, 1.0)
         target = start * (max(self.target_compression, start) / start) ** min(max(frac, 0.0), 1.0)
-        dense, fixed, _ = self._sizes()
+        dense, fixed, _ = self._sizes(collapsed=False)
         return max(int(dense / target) - fixed, 0)
 
     def _check_collapse(self) -> list[str]:
