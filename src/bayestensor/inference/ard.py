@@ -90,7 +90,7 @@ What it does:
   ``target_compression``: then the last ``⌊(1 − TARGET_REACHED_AT) · epochs⌋`` epochs.
 * **Collapse protection.** A layer whose weight RMS fell under :data:`COLLAPSE_RATIO` of its
   value when ``ARD`` was built is named in a :class:`CollapseWarning` and is never pruned, so
-  nothing irreversible happens to it; :attr:`collapsed` lists those layers With a
+  nothing irreversible happens to it; :attr:`collapsed` lists those layers. With a
   ``target_compression`` such a layer also leaves the target's accounting (budget and cap), so the
   other layers are held to ``R`` on their own instead of being pruned harder to pay for it.
 """
