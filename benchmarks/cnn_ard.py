@@ -106,6 +106,14 @@ def validation_loss(model, x, y) -> float:
     return total / len(x)
 
 
+def prior_kwargs(args) -> dict:
+    """The rank prior's ``scale_free`` / ``scale_floor`` options given on the command line."""
+    return {
+        **({"scale_free": 1} if args.scale_free else {}),
+        **({"scale_floor": args.scale_floor} if args.scale_floor else {}),
+    }
+
+
 def run(name: str, variant: str, data, args, target: float | None = None) -> dict:
     xtr, ytr, xte, yte = data
     if args.holdout:  # the last training images validate the pruning passes (never the test images)
@@ -118,7 +126,7 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
         method = None if variant == "fixed" else variant
         net, summary = bt.tensorize(
             net, format=args.format, method=method, init="random", start_fraction=args.start_fraction,
-            **({"prior_kwargs": {"scale_free": 1}} if args.scale_free and method else {}),
+            **({"prior_kwargs": prior_kwargs(args)} if prior_kwargs(args) and method else {}),
         )  # fmt: skip
     factors = [p for n, p in net.named_parameters() if ".factors." in n or ".raw_scales." in n]
     others = [p for n, p in net.named_parameters() if not (".factors." in n or ".raw_scales." in n)]
@@ -172,6 +180,9 @@ def main() -> None:
     p.add_argument("--factor-lr", type=float, default=1e-3)
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--scale-free", action="store_true", help="the prior ignores each layer's overall scale")
+    p.add_argument(
+        "--scale-floor", type=float, default=0.0, help="the prior's scale_floor (fraction of the initial RMS)"
+    )
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
     p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")
     p.add_argument("--finetune", type=float, default=None, help="ARD finetune_epochs (default: ARD's own)")

@@ -32,10 +32,12 @@ def data(n=64):
     return torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
 
 
-def planted_layer(fmt, rank):
+def planted_layer(fmt, rank, **kwargs):
     """A rank-4 MAP layer of 16 x 16, 256 samples of a teacher of ``rank`` on every bond, and its Adam."""
     torch.manual_seed(0)
-    layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+    layer = bt.TensorizedLinear(
+        16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map", **kwargs
+    )
     teacher = planted_teacher(fmt, (4, 4), (4, 4), [rank] * layer.weight.num_bonds, dtype=torch.float32)
     x, y = planted_regression(teacher, 256)
     return layer, x, y, torch.optim.Adam(layer.parameters(), lr=2e-2)
@@ -503,21 +505,25 @@ def test_tolerance_controller_follows_its_formula_and_reads_only_back_propagated
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tolerance_keeps_an_overweighted_prior_from_collapsing_the_layer(fmt):
-    """A prior 256x too strong (num_data=1 with a mean loss) collapses every format; with tolerance none collapses."""
+    """A prior 256x too strong (num_data=1 with a mean loss) collapses every format without a scale floor;
+    with the tolerance none collapses, and with the default scale floor none collapses either."""
 
-    def fit(tolerance):
-        layer, x, y, opt = planted_layer(fmt, rank=2)
+    def fit(tolerance, **prior_kwargs):
+        layer, x, y, opt = planted_layer(fmt, rank=2, prior_kwargs=prior_kwargs)
+        start = layer.weight.weight_rms()
         ard = bt.ARD(layer, opt, num_data=1, epochs=20, tolerance=tolerance)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bt.CollapseWarning)
             train(ard, opt, layer, x, y, F.mse_loss, epochs=20, batch_size=8)
         with torch.no_grad():
-            return float((layer(x) - y).norm() / y.norm()), ard.collapsed
+            return float((layer(x) - y).norm() / y.norm()), ard.collapsed, layer.weight.weight_rms() / start
 
-    rel, collapsed = fit(None)
+    rel, collapsed, _ = fit(None, scale_floor=0)
     assert collapsed == [""] and rel > 0.95
-    rel, collapsed = fit(0.05)
+    rel, collapsed, _ = fit(0.05, scale_floor=0)
     assert collapsed == [] and rel < 0.6
+    _, collapsed, kept = fit(None)  # the default floor: the prior cannot pull the whole layer under 0.1 of its RMS
+    assert collapsed == [] and kept > 0.5 * bt.priors.DEFAULT_SCALE_FLOOR, kept
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -241,7 +241,7 @@ def test_scale_free_prior_ignores_the_overall_scale_and_is_the_fixed_one_rescale
     torch.manual_seed(0)
     free = tensor(fmt, method, prior=prior, prior_kwargs={"scale_free": 1})
     torch.manual_seed(0)
-    fixed = tensor(fmt, method, prior=prior)
+    fixed = tensor(fmt, method, prior=prior, prior_kwargs={"scale_floor": 0})
     assert free.scale_free and not fixed.scale_free
     torch.testing.assert_close(free.prior_loss(), fixed.prior_loss())  # ε = ε_0 at construction
     before, lam_before = free.prior_loss(), [lam.clone() for lam in free.rank_variance_update()]
@@ -268,14 +268,56 @@ def test_scale_free_prior_ignores_the_overall_scale_and_is_the_fixed_one_rescale
     assert abs(float(radial)) < 1e-8 * max(1.0, float(before.abs()))
 
 
-@pytest.mark.parametrize("scale_free", [0, 1])
-def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(scale_free):
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prior", bt.available_priors())
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_scale_floor_is_the_fixed_prior_above_it_and_scale_free_below(fmt, prior, method):
+    phi = 0.1
+    torch.manual_seed(0)
+    floored = tensor(fmt, method, prior=prior, prior_kwargs={"scale_floor": phi})
+    torch.manual_seed(0)
+    fixed = tensor(fmt, method, prior=prior, prior_kwargs={"scale_floor": 0})
+    assert floored.scale_floor == phi and fixed.scale_floor == 0.0 and not fixed.scale_relative
+    n = len(floored.factors)
+    # above the floor (W at φ^{1/2} of its scale when every factor shrinks alike) it is the fixed-scale prior
+    for t in (floored, fixed):
+        _scale_(t, phi ** (0.5 / n))
+    torch.testing.assert_close(floored.prior_loss(), fixed.prior_loss())
+    for a, b in zip(floored.rank_variance_update(), fixed.rank_variance_update(), strict=True):
+        torch.testing.assert_close(a, b)
+    # below it (W at φ/2, then φ/8): shrinking further changes nothing
+    _scale_(floored, (0.5 * phi**0.5) ** (1.0 / n))
+    below = floored.prior_loss()
+    _scale_(floored, 0.25 ** (1.0 / n))
+    torch.testing.assert_close(floored.prior_loss(), below)
+    # independent form: the fixed-scale prior at the factors rescaled until W is at φ of its start (means and stds)
+    torch.manual_seed(0)
+    fixed = tensor(fmt, method, prior=prior, prior_kwargs={"scale_floor": 0})
+    start_rms = fixed.weight_rms()
+    _scale_(fixed, (phi / 8) ** (1.0 / n))
+    _scale_(fixed, (phi * start_rms / fixed.weight_rms()) ** (1.0 / n))
+    assert fixed.weight_rms() == pytest.approx(phi * start_rms, rel=1e-9)
+    torch.testing.assert_close(floored.prior_loss(), fixed.prior_loss())
+    # so the prior no longer pulls the whole layer: no gradient along the scale direction below the floor
+    grads = torch.autograd.grad(floored.prior_loss(), list(floored.factors))
+    radial = sum((g * f).sum() for g, f in zip(grads, floored.factors, strict=True))
+    if method == "svi":
+        sigma_grads = torch.autograd.grad(floored.prior_loss(), list(floored.posterior.raw_scales))
+        radial = radial + sum(
+            (g * F.softplus(r) / torch.sigmoid(r)).sum()
+            for g, r in zip(sigma_grads, floored.posterior.raw_scales, strict=True)
+        )
+    assert abs(float(radial)) < 1e-8 * max(1.0, float(below.abs()))
+
+
+@pytest.mark.parametrize("prior_kwargs", [{"scale_floor": 0}, {"scale_free": 1}, {"scale_floor": 0.3}, {}])
+def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(prior_kwargs):
     """Batch norm makes the loss blind to the layer's scale; the fixed-scale prior then shrinks it without end."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=g)
     y = torch.tanh(x @ torch.randn(16, 4, generator=g)) @ torch.randn(4, 1, generator=g)
     torch.manual_seed(1)
-    layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=4, method="map", prior_kwargs={"scale_free": scale_free})
+    layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=4, method="map", prior_kwargs=prior_kwargs)
     net = nn.Sequential(layer, nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     ard = bt.ARD(net, opt, num_data=len(x), epochs=30, no_kl_epochs=0, warmup_epochs=0, prune_every=1000)
@@ -293,8 +335,12 @@ def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(scale_free):
     net.eval()
     with torch.no_grad():
         fit = float(F.mse_loss(net(x), y) / y.var())
-    if scale_free:
+    floor = prior_kwargs.get("scale_floor", bt.priors.DEFAULT_SCALE_FLOOR)
+    print(prior_kwargs, ratio, fit)
+    if "scale_free" in prior_kwargs:
         assert ratio > 0.5 and fit < 0.35, (ratio, fit)
+    elif floor:
+        assert 0.8 * floor < ratio and fit < 0.35, (ratio, fit)  # the prior stops pulling at φ of the start's RMS
     else:
         assert ratio < 0.1, ratio  # and it would go on shrinking
 
@@ -302,6 +348,16 @@ def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(scale_free):
 def test_scale_free_prior_checks_its_value_and_survives_export():
     with pytest.raises(ValueError, match="scale_free must be 0 or 1, got 2"):
         bt.TensorizedLinear(8, 8, method="map", prior_kwargs={"scale_free": 2})
+    for bad in (-0.1, 1, True, "0.1"):
+        with pytest.raises(ValueError, match=r"scale_floor must be a number in \[0, 1\), got"):
+            bt.TensorizedLinear(8, 8, method="map", prior_kwargs={"scale_floor": bad})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        bt.TensorizedLinear(8, 8, method="map", prior_kwargs={"scale_free": 1, "scale_floor": 0.1})
+    floored = bt.TensorizedLinear(8, 8, format="tt", max_rank=2, method="map", prior_kwargs={"scale_floor": 0.25})
+    twin = bt.TensorizedLinear(**floored.export_kwargs)
+    twin.load_state_dict(floored.state_dict())
+    assert twin.weight.scale_floor == 0.25
+    torch.testing.assert_close(twin.weight.prior_reference, floored.weight.prior_reference)
     layer = bt.TensorizedLinear(8, 8, format="tt", max_rank=2, method="svi", prior_kwargs={"scale_free": 1})
     kwargs = layer.export_kwargs
     assert kwargs["prior_kwargs"]["scale_free"] == 1.0

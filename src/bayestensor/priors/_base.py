@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 _REGISTRY: dict[str, type[RankPrior]] = {}
 
+DEFAULT_SCALE_FLOOR = 0.1
+"""``scale_floor`` of every prior unless given (``0`` turns it off; ``scale_free=1`` replaces it)."""
+
 
 def positive_hyperparameter(name: str, value: float, prior: str) -> float:
     """Check that a hyper-parameter is a finite positive number."""
@@ -71,10 +74,14 @@ class RankPrior(nn.Module, ABC):
 def get_prior(name: str, **kwargs: float) -> RankPrior:
     r"""Build a registered rank prior by name with its hyper-parameters.
 
-    Every prior also takes ``scale_free`` (``0``, the default, or ``1``): with ``1`` the prior
-    ignores the factors' overall scale and acts only on the components' relative sizes (see
-    :meth:`~bayestensor.FactorizedTensor.prior_loss`). It is stored as a buffer like the other
-    hyper-parameters, so checkpoints and exported layers keep it.
+    Every prior also takes ``scale_floor`` (``φ`` in ``[0, 1)``, default
+    :data:`DEFAULT_SCALE_FLOOR` ``= 0.1``): the prior is the fixed-scale one until the weight has
+    shrunk to ``φ`` of its initial RMS and scale-free below that, so it can prune components but
+    cannot shrink the whole layer further; ``0`` turns the floor off. And ``scale_free``
+    (``0``, the default, or ``1``): with ``1`` the prior ignores the factors' overall scale at
+    every size and acts only on the components' relative sizes (no floor then). See
+    :meth:`~bayestensor.FactorizedTensor.prior_loss`. Both are stored as buffers like the other
+    hyper-parameters, so checkpoints and exported layers keep them.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown prior {name!r}; expected one of {available_priors()}")
@@ -82,12 +89,22 @@ def get_prior(name: str, **kwargs: float) -> RankPrior:
     scale_free = kwargs.pop("scale_free", 0.0)
     if scale_free not in (0, 1):
         raise ValueError(f"prior {name!r}: scale_free must be 0 or 1, got {scale_free!r}")
+    scale_floor = kwargs.pop("scale_floor", 0.0 if scale_free else DEFAULT_SCALE_FLOOR)
+    if isinstance(scale_floor, bool) or not isinstance(scale_floor, int | float) or not 0 <= scale_floor < 1:
+        raise ValueError(f"prior {name!r}: scale_floor must be a number in [0, 1), got {scale_floor!r}")
+    if scale_free and scale_floor:
+        raise ValueError(
+            f"prior {name!r}: scale_free=1 already ignores the overall scale at every size; "
+            f"scale_floor={scale_floor!r} cannot be combined with it (pass one of the two)"
+        )
     try:
         prior = _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise ValueError(f"bad hyper-parameters {kwargs} for prior {name!r}: {err}") from None
     if scale_free:
         prior.register_buffer("scale_free", as_buffer(1.0))
+    else:  # also when 0, so that an exported or saved "no floor" stays one
+        prior.register_buffer("scale_floor", as_buffer(float(scale_floor)))
     return prior
 
 

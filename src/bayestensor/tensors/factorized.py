@@ -140,8 +140,7 @@ class FactorizedTensor(nn.Module):
             lam_dtype = torch.float32 if factory["dtype"] in (torch.float16, torch.bfloat16) else factory["dtype"]
             with torch.no_grad():
                 energy, count = (s.to(lam_dtype) for s in self.flat_rank_statistics())
-                if self.scale_free:  # ε_0: the mean second moment the scale-free prior measures energies against
-                    self.register_buffer("prior_reference", self._mean_energy(energy, count))
+                self.reset_prior_reference_(energy, count)
                 init = self.prior.map_update(energy, count).split(self.ranks)
             for b, lam in enumerate(init):
                 if rank_update == "em":
@@ -229,23 +228,68 @@ class FactorizedTensor(nn.Module):
     @property
     def scale_free(self) -> bool:
         """Whether the prior ignores the factors' overall scale (the prior's ``scale_free=1``; :meth:`prior_loss`)."""
-        return self.method is not None and bool(getattr(self.prior, "scale_free", 0))
+        return self.method is not None and "scale_free" in self.prior._buffers  # only registered when 1
+
+    @property
+    def scale_floor(self) -> float:
+        """``φ`` of the prior's ``scale_floor`` (``0`` when it has none; :meth:`prior_loss`)."""
+        return float(getattr(self.prior, "scale_floor", 0.0)) if self.method is not None else 0.0
+
+    @property
+    def scale_relative(self) -> bool:
+        """Whether the prior measures the overall scale against a reference (``scale_free`` or a scale floor > 0).
+
+        Decided by the presence of the buffer ``prior_reference``, not by reading a value, so
+        the prior's hot path has no data-dependent branch (``torch.compile``).
+        """
+        return "prior_reference" in self._buffers
 
     @staticmethod
     def _mean_energy(energy: Tensor, count: Tensor) -> Tensor:
         """``ε = Σ_r M_r / Σ_r D_r``: the mean second moment of the governed entries, over all bonds."""
         return energy.sum() / count.sum()
 
+    def _mean_square_weight(self, dtype: torch.dtype) -> Tensor:
+        """``‖W‖_F² / (M N)`` of the posterior-mean factors in ``dtype``, differentiable, without forming ``W``."""
+        factors = [f.to(dtype) for f in self.factors]
+        sq = squared_norm(self.fmt.name, factors, self.out_shape, self.in_shape, tuple(self.ranks))
+        return sq / (math.prod(self.out_shape) * math.prod(self.in_shape))
+
+    @torch.no_grad()
+    def reset_prior_reference_(self, energy: Tensor, count: Tensor) -> None:
+        """Take the current factors as the start the prior measures the overall scale against (``prior_reference``).
+
+        ``ε_0`` (:meth:`_mean_energy` of ``energy`` and ``count``) for ``scale_free``, the mean
+        square weight for ``scale_floor``; nothing for a fixed-scale prior. Called when the
+        factors are drawn and again when they are decomposed from a dense weight.
+        """
+        if self.scale_free:
+            value = self._mean_energy(energy, count)
+        elif self.scale_floor > 0:
+            value = self._mean_square_weight(energy.dtype)
+        else:
+            return
+        if self.scale_relative:
+            self.prior_reference.copy_(value)
+        else:
+            self.register_buffer("prior_reference", value)
+
     def _prior_statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
         """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s) and ``log(ε/ε_0)`` for the prior.
 
-        With a scale-free prior ``M`` is rescaled to ``M ε_0 / ε``; otherwise it is returned as is
-        and the log ratio is ``None``.
+        With a scale-free prior ``M`` is rescaled to ``M / ρ``, ``ρ = ε / ε_0``; with a scale floor
+        ``φ`` to ``M / ρ``, ``ρ = min(1, w̄² / (φ² w̄_0²))^{1/F}`` (``w̄²`` the mean square weight, ``F``
+        factors); otherwise it is returned as is and the log ratio is ``None``.
         """
         energy, count = (s.to(dtype) for s in self.flat_rank_statistics())
-        if not self.scale_free:
+        if not self.scale_relative:
             return energy, count, None
-        ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
+        if self.scale_free:
+            ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
+        else:  # fixed-scale above the floor, scale-free below it
+            floor = self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)
+            below = self._mean_square_weight(dtype) / floor
+            ratio = below.clamp(max=1.0) ** (1.0 / len(self.factors))
         return energy / ratio, count, ratio.log()
 
     def prior_loss(self) -> Tensor:
@@ -264,7 +308,16 @@ class FactorizedTensor(nn.Module):
         std is multiplied by the same ``α``. Where the task loss does not fix the scale either
         (a layer followed by batch norm), the fixed-scale prior drags the whole layer towards zero
         (its pull ``β D / (N s)`` grows as the layer shrinks); the scale-free one does not, and
-        equals the fixed-scale one wherever ``ε = ε_0``.
+        equals the fixed-scale one wherever ``ε = ε_0``. **Scale floor** (``prior_kwargs=
+        {"scale_floor": φ}``): the same with ``ε / ε_0`` replaced by
+        ``ρ = min(1, w̄² / (φ² w̄_0²))^{1/F}``, where ``w̄²`` is the mean square entry of ``W`` (posterior
+        mean, computed without forming ``W``), ``w̄_0²`` its value at the start (``prior_reference``)
+        and ``F`` the number of factors (``W → α W`` when each factor is scaled by ``α^{1/F}``, which
+        scales ``ε`` by ``α^{2/F}``). So the prior is the fixed-scale one while the weight's RMS is at
+        least ``φ`` of its start's and scale-free below: it can still prune components (their
+        relative sizes) but no longer rewards shrinking the whole layer, which bounds joint MAP in
+        that direction. The floor is measured on ``W`` because ``ε`` also moves with the gauge
+        (cores rescaled against each other at a fixed ``W``).
         """
         if self.method is None:
             return self.factors[0].new_zeros(())
@@ -495,6 +548,8 @@ class FactorizedTensor(nn.Module):
         for key in [k for k in state_dict if k.startswith(f"{prefix}raw_scales.")]:
             # checkpoints from before the posterior objects kept the SVI scales on the tensor itself
             state_dict[f"{prefix}posterior.{key[len(prefix) :]}"] = state_dict.pop(key)
+        if self.method is not None:
+            self._match_prior_reference(state_dict, prefix)
         shapes = [
             state_dict[k].shape for k in (f"{prefix}factors.{f}" for f in range(len(self.factors))) if k in state_dict
         ]
@@ -512,6 +567,21 @@ class FactorizedTensor(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _match_prior_reference(self, state_dict: dict, prefix: str) -> None:
+        """Give this tensor a ``prior_reference`` exactly when the checkpoint has one.
+
+        A checkpoint saved before the scale floor existed (no ``prior.scale_floor``, no
+        ``prior.scale_free``) was trained with the fixed-scale prior, so it loads with the floor
+        at 0 and keeps training as it did; a checkpoint whose floor is 0 has no reference.
+        """
+        floor_key, ref_key = f"{prefix}prior.scale_floor", f"{prefix}prior_reference"
+        if floor_key not in state_dict and f"{prefix}prior.scale_free" not in state_dict and not self.scale_free:
+            state_dict[floor_key] = torch.zeros((), dtype=torch.float64)
+        if ref_key in state_dict and not self.scale_relative:
+            self.register_buffer("prior_reference", torch.empty_like(state_dict[ref_key]))
+        elif ref_key not in state_dict and self.scale_relative:
+            del self._buffers["prior_reference"]
 
     def extra_repr(self) -> str:  # noqa: D102
         return (

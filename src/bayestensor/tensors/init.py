@@ -65,8 +65,7 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
     tensor.posterior.reset_(list(tensor.factors))
     if tensor.method is not None:
         energy, count = tensor.flat_rank_statistics()
-        if tensor.scale_free:  # the decomposed weight's scale is the one the data fixed
-            tensor.prior_reference.copy_(tensor._mean_energy(energy, count))
+        tensor.reset_prior_reference_(energy, count)  # the decomposed weight's scale is the one the data fixed
         for b, (e, c) in enumerate(zip(energy.split(tensor.ranks), count.split(tensor.ranks), strict=True)):
             lam_ref = tensor.rank_variances()[b]
             lam = tensor.prior.map_update(e.to(lam_ref.dtype), c.to(lam_ref.dtype))
