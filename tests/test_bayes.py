@@ -366,3 +366,26 @@ def test_scale_free_prior_checks_its_value_and_survives_export():
     assert twin.weight.scale_free
     torch.testing.assert_close(twin.weight.prior_reference, layer.weight.prior_reference)
     torch.testing.assert_close(twin.weight.prior_loss(), layer.weight.prior_loss())
+
+
+def test_checkpoints_from_before_the_scale_floor_load_with_it_off():
+    torch.manual_seed(0)
+    layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=3, method="map")
+    assert layer.weight.scale_floor == bt.priors.DEFAULT_SCALE_FLOOR and layer.weight.scale_relative
+    old = {k: v for k, v in layer.state_dict().items() if not k.endswith(("prior.scale_floor", "prior_reference"))}
+    twin = bt.TensorizedLinear(16, 16, format="tt", max_rank=3, method="map")
+    twin.load_state_dict(old)  # strict: no missing key
+    assert twin.weight.scale_floor == 0.0 and not twin.weight.scale_relative  # trained with a fixed scale, kept so
+    fixed = bt.TensorizedLinear(16, 16, format="tt", max_rank=3, method="map", prior_kwargs={"scale_floor": 0})
+    fixed.load_state_dict(old)
+    _scale_(twin.weight, 0.05)
+    _scale_(fixed.weight, 0.05)
+    torch.testing.assert_close(twin.weight.prior_loss(), fixed.weight.prior_loss())
+    # and the other way round: a floored checkpoint into a layer built without the floor takes the floor
+    fixed.load_state_dict(layer.state_dict())
+    assert fixed.weight.scale_floor == bt.priors.DEFAULT_SCALE_FLOOR and fixed.weight.scale_relative
+    torch.testing.assert_close(fixed.weight.prior_loss(), layer.weight.prior_loss())
+    off = bt.TensorizedLinear(16, 16, format="tt", max_rank=3, method="map", prior_kwargs={"scale_floor": 0})
+    again = bt.TensorizedLinear(16, 16, format="tt", max_rank=3, method="map")
+    again.load_state_dict(off.state_dict())  # a saved floor of 0 stays 0
+    assert again.weight.scale_floor == 0.0 and not again.weight.scale_relative
