@@ -13,7 +13,8 @@ Adam update. The models:
 
 Every case is timed interleaved with the others round by round; the table gives the median over
 rounds of each case's time over the dense step's time in the same round. A last row per model
-times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a MAP step.
+times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a MAP step; the MAP
+step and the prior term are also timed with the default scale floor off (``scale_floor=0``), its cost.
 
 ``--compile`` adds the dense, MAP and SVI steps with their forward objective under
 ``torch.compile(fullgraph=True, dynamic=False)`` (default inductor backend; backward is the
@@ -61,13 +62,15 @@ def cnn() -> nn.Module:
 MODELS = {"fc": (fc, "ttm", 14, 1000), "cnn": (cnn, "tt", 16, 10_000)}
 
 
-def build(name: str, method: str | None, device: str) -> nn.Module:
+def build(name: str, method: str | None, device: str, **kwargs) -> nn.Module:
     """The dense model (``method="dense"``) or its tensorized twin with ``method`` (``None`` = fixed rank)."""
     torch.manual_seed(0)
     make, fmt, rank, min_params = MODELS[name]
     model = make()
     if method != "dense":
-        model, _ = bt.tensorize(model, format=fmt, max_rank=rank, method=method, init="random", min_params=min_params)
+        model, _ = bt.tensorize(
+            model, format=fmt, max_rank=rank, method=method, init="random", min_params=min_params, **kwargs
+        )
     return model.to(device)
 
 
@@ -110,6 +113,9 @@ def run(name: str, args: argparse.Namespace) -> None:
         params[label] = bt.count_params(model) if method != "dense" else sum(p.numel() for p in model.parameters())
         if method == "map":
             cases["MAP prior term only"] = prior_fn(model)
+            off = build(name, method, args.device, prior_kwargs={"scale_floor": 0})  # the default floor's cost
+            cases["MAP, scale floor off"] = step_fn(off, x, y, bayes=True)
+            cases["MAP prior term only, scale floor off"] = prior_fn(off)
     if args.compile:
         for method in ("dense", "map", "svi"):
             model = build(name, method, args.device)

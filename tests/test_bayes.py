@@ -166,6 +166,50 @@ def test_prune_is_physical_keeps_outputs_and_the_optimizer(fmt):
     opt.step()  # the optimizer keeps working on the truncated parameters
 
 
+def _degenerate_cp_layer(method):
+    """A CP layer of 4 components holding a planted rank-2 weight: one component split in two halves
+    (parallel in every mode) and a pair that cancels exactly (same vectors, opposite signs)."""
+    g = torch.Generator().manual_seed(0)
+    layer = bt.TensorizedLinear(
+        16, 16, format="cp", max_rank=5, in_shape=(4, 4), out_shape=(4, 4), method=method, dtype=torch.float64
+    )
+    a = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(4)]  # 2 planted terms + 1 spurious
+    with torch.no_grad():
+        for n, f in enumerate(layer.weight.factors):
+            halves = a[n][:, 0] * (0.5 if n == 0 else 1.0)  # term 0 = halves + halves (only mode 0 halved)
+            sign = -1.0 if n == 0 else 1.0
+            f.copy_(torch.stack([halves, halves, a[n][:, 1], a[n][:, 2], sign * a[n][:, 2]], 1))
+    planted = sum(torch.einsum("a,b,c,d->abcd", *(a[n][:, r] for n in range(4))) for r in range(2)).reshape(16, 16)
+    return layer, planted
+
+
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_prune_merges_a_degenerate_cp_fit_to_its_planted_rank(method):
+    layer, planted = _degenerate_cp_layer(method)
+    t = layer.weight
+    torch.testing.assert_close(t.to_matrix(), planted)
+    assert t.active_ranks() == [5]  # every component is large: the threshold alone removes none
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-9)  # a step that creates Adam's state, W kept
+    layer(torch.randn(8, 16, dtype=torch.float64)).sum().backward()
+    opt.step()
+    before = t.to_matrix().detach().clone()
+    bt.prune(layer, threshold=1e-3, optimizer=opt)
+    assert t.ranks == [2]
+    assert (t.to_matrix() - before).norm() / before.norm() <= 1e-3
+    assert all(p.shape == st["exp_avg"].shape for p, st in opt.state.items())
+    layer(torch.randn(8, 16, dtype=torch.float64)).sum().backward()
+    opt.step()  # training goes on with the same optimizer
+
+
+def test_merge_leaves_a_generic_cp_fit_and_other_formats_alone():
+    torch.manual_seed(0)
+    for fmt in bt.available_formats():
+        layer = bt.TensorizedLinear(16, 16, format=fmt, max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
+        before = layer.weight.to_matrix().detach().clone()
+        assert not layer.weight.merge_components_(1e-3)  # random factors: no fewer components reproduce W
+        assert layer.weight.ranks == bt.ranks(layer)[""] and torch.equal(layer.weight.to_matrix(), before)
+
+
 def test_prune_never_drops_a_bond_below_rank_one():
     layer = bt.TensorizedLinear(16, 16, format="tt", max_rank=4, in_shape=(4, 4), out_shape=(4, 4), method="map")
     with torch.no_grad():

@@ -200,7 +200,10 @@ def prune(
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
     Every two-factor bond is first rotated into its SVD gauge (:meth:`FactorizedTensor.regauge_`,
-    which leaves ``W`` unchanged); then rank index ``r`` of a bond is inactive when its
+    which leaves ``W`` unchanged), and a CP layer is re-expressed with the fewest components whose
+    ALS refit changes ``W`` by at most ``threshold`` relative
+    (:meth:`FactorizedTensor.merge_components_`; CP has no SVD gauge, and a degenerate fit's
+    cancelling components are otherwise each needed); then rank index ``r`` of a bond is inactive when its
     contribution ``c_r < threshold · max_r c_r`` (a scale-free, relative threshold); a bond keeps
     at least rank 1. Factor tensors are replaced by smaller ones, so :func:`count_params` falls
     and memory is freed.
@@ -251,6 +254,7 @@ def prune(
         _check_same_ranks({n: list(t.ranks) for n, t in found}, process_group)
     for _, t in found:
         t.regauge_(optimizer)
+        t.merge_components_(threshold, optimizer)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
     if evaluate is not None:
         keep = _keep_within_loss(found, keep, evaluate, float(tolerance))

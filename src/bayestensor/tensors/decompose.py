@@ -118,23 +118,34 @@ def _khatri_rao(mats: Sequence[Tensor]) -> Tensor:
 
 
 def cp_als(
-    tensor: Tensor, rank: int, n_iter: int = 200, tol: float = 1e-9, generator: torch.Generator | None = None
+    tensor: Tensor,
+    rank: int,
+    n_iter: int = 200,
+    tol: float = 1e-9,
+    generator: torch.Generator | None = None,
+    init: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
-    """CP factors ``(I_n, R)`` by alternating least squares (exact construction at full rank)."""
+    """CP factors ``(I_n, R)`` by alternating least squares (exact construction at full rank).
+
+    ``init``: starting factors ``(I_n, R)`` (warm start) instead of the HOSVD start.
+    """
     dims = tensor.shape
-    if rank >= math.prod(dims) // max(dims):
+    d = len(dims)
+    if init is not None:
+        factors = [f.to(tensor) for f in init]
+    elif rank >= math.prod(dims) // max(dims):
         factors = cp_exact(tensor)
         extra = rank - factors[0].shape[1]
         return [torch.cat([f, f.new_zeros(f.shape[0], extra)], 1) for f in factors] if extra > 0 else factors
-    d = len(dims)
-    factors = []
-    for n in range(d):  # HOSVD init, padded with small noise when rank > I_n
-        u, s, _ = _svd(_unfold(tensor, n), rank)
-        u = u * s.clamp_min(1e-12).pow(1.0 / d)
-        if u.shape[1] < rank:
-            pad = torch.randn(dims[n], rank - u.shape[1], generator=generator, dtype=u.dtype).to(u.device)
-            u = torch.cat([u, 1e-2 * pad * u.abs().mean()], 1)
-        factors.append(u)
+    else:
+        factors = []
+        for n in range(d):  # HOSVD init, padded with small noise when rank > I_n
+            u, s, _ = _svd(_unfold(tensor, n), rank)
+            u = u * s.clamp_min(1e-12).pow(1.0 / d)
+            if u.shape[1] < rank:
+                pad = torch.randn(dims[n], rank - u.shape[1], generator=generator, dtype=u.dtype).to(u.device)
+                u = torch.cat([u, 1e-2 * pad * u.abs().mean()], 1)
+            factors.append(u)
     norm = tensor.norm()
     prev = None
     for it in range(n_iter):
@@ -156,6 +167,46 @@ def cp_als(
 
 def _cp_full(factors: Sequence[Tensor]) -> Tensor:
     return _khatri_rao(factors).sum(1).reshape([f.shape[0] for f in factors])
+
+
+def _balance_components(factors: Sequence[Tensor]) -> list[Tensor]:
+    """Rescale every rank-1 term so that each of its vectors has the same norm (the term is unchanged)."""
+    scale = [f.norm(dim=0).clamp_min(1e-30) for f in factors]
+    geo = torch.stack(scale).log().mean(0).exp()
+    return [f * (geo / s) for f, s in zip(factors, scale, strict=True)]
+
+
+def cp_merge(factors: Sequence[Tensor], max_change: float, n_iter: int = 100) -> tuple[list[int], list[Tensor]] | None:
+    r"""Fewer CP components for almost the same tensor: the smallest ``k`` whose ALS refit is within ``max_change``.
+
+    CP has no gauge that puts its components in order as the SVD does for a two-factor bond:
+    components that are parallel in some modes and cancel in the others (a degenerate fit) can
+    carry no more than fewer components would, yet removing any one of them breaks the fit.
+    With ``T`` the tensor of ``factors`` (shape ``(I_n, R)``), ``k`` is found by bisection over
+    ``1 … R-1``: ALS fits ``T`` at rank ``k`` starting from the ``k`` components of largest norm
+    ``Π_n ‖u_{n,r}‖``, and ``k`` is accepted when ``‖T̂_k − T‖_F ≤ max_change · ‖T‖_F``.
+
+    Returns the indices of the ``k`` starting components (ascending) and the refitted factors
+    (columns in that order, each term balanced across modes), or ``None`` when no ``k < R`` is
+    accepted. Forms ``T``, so it is meant for tensors of modest size.
+    """
+    factors = [f.detach().to(torch.float64) for f in factors]
+    rank = factors[0].shape[1]
+    full = _cp_full(factors)
+    norm = full.norm()
+    if rank < 2 or not norm > 0:
+        return None
+    order = torch.stack([f.norm(dim=0) for f in factors]).prod(0).argsort(descending=True)
+    best, lo, hi = None, 1, rank
+    while lo < hi:
+        k = (lo + hi) // 2
+        keep = order[:k].sort().values
+        fit = cp_als(full, k, n_iter=n_iter, init=[f[:, keep] for f in factors])
+        if float((_cp_full(fit) - full).norm() / norm) <= max_change:
+            best, hi = (keep.tolist(), _balance_components(fit)), k
+        else:
+            lo = k + 1
+    return best
 
 
 def _balance(factors: list[Tensor]) -> list[Tensor]:
@@ -202,10 +253,7 @@ def decompose(
         core, us = hooi(tensor, ranks, n_iter=min(n_iter, 25))
         factors = _balance([core, *us])
     elif fmt.name == "cp":
-        factors = cp_als(tensor, ranks[0], n_iter=n_iter)
-        scale = [f.norm(dim=0).clamp_min(1e-30) for f in factors]  # balance every rank-1 term
-        geo = torch.stack(scale).log().mean(0).exp()
-        factors = [f * (geo / s) for f, s in zip(factors, scale, strict=True)]
+        factors = _balance_components(cp_als(tensor, ranks[0], n_iter=n_iter))
     else:
         raise ValueError(f"no decomposition for format {fmt.name!r}")
     shapes = fmt.factor_shapes(out_shape, in_shape, ranks)

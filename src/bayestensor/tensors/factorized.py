@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..formats import RankSpec, Shape, get_format
 from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
+from .decompose import cp_merge
 from .posteriors import POSTERIORS, Posterior, get_posterior
 from .statistics import StatisticsLayout, rank_energies, slice_sums, statistics_layout
 
@@ -45,6 +46,8 @@ RANK_UPDATES = ("em", "gradient")
 #: Default relative pruning threshold: rank component r of a bond is inactive when its
 #: contribution to the weight ``c_r < threshold · max_r c_r`` (see ``FactorizedTensor.contributions``).
 DEFAULT_PRUNE_THRESHOLD = 1e-3
+MERGE_MAX_ENTRIES = 1 << 24
+"""A CP tensor is merged (:meth:`FactorizedTensor.merge_components_`) when ``R · Π I_n`` is at most this."""
 #: Starting size of a tensor built without ``max_rank``: its factors hold about this fraction of the
 #: dense matrix's entries (uniform ranks, see :meth:`~bayestensor.formats.TensorFormat.ranks_for_budget`).
 DEFAULT_START_FRACTION = 0.1
@@ -516,6 +519,35 @@ class FactorizedTensor(nn.Module):
             for f in factors:
                 optimizer.state.pop(plist[f], None)
 
+    @torch.no_grad()
+    def merge_components_(
+        self, max_change: float = DEFAULT_PRUNE_THRESHOLD, optimizer: torch.optim.Optimizer | None = None
+    ) -> bool:
+        """CP only: re-express ``W`` with fewer components when an ALS refit changes it by at most ``max_change``.
+
+        The CP counterpart of :meth:`regauge_` (see :func:`~bayestensor.tensors.decompose.cp_merge`):
+        a degenerate CP fit, whose surplus components cancel each other, is replaced by the fewest
+        components that reproduce ``W`` within ``max_change`` relative (Frobenius). The kept
+        indices' posterior parameters and ``λ`` stay; their means are the refit, and the
+        optimizer state of the factors is reset. Skipped (returns ``False``) for other formats, for
+        ``method=None`` and when ``R · Π I_n`` exceeds :data:`MERGE_MAX_ENTRIES` (``W`` is formed).
+        Returns whether the rank fell.
+        """
+        modes = math.prod(self.out_shape) * math.prod(self.in_shape)
+        if self.fmt.name != "cp" or self.method is None or self.ranks[0] * modes > MERGE_MAX_ENTRIES:
+            return False
+        merged = cp_merge(list(self.factors), max_change)
+        if merged is None:
+            return False
+        keep, fit = merged
+        self.truncate_([torch.tensor(keep, dtype=torch.long, device=self.factors[0].device)], optimizer)
+        for p, f in zip(self.factors, fit, strict=True):
+            p.copy_(f.to(p))
+        if optimizer is not None:
+            self._reset_optimizer_state_(optimizer, range(len(self.factors)))
+        self.update_rank_variances_()
+        return True
+
     def prune_(
         self,
         threshold: float = DEFAULT_PRUNE_THRESHOLD,
@@ -525,11 +557,13 @@ class FactorizedTensor(nn.Module):
         """Remove inactive rank indices (see :meth:`active_masks`); returns ``(old_ranks, new_ranks)``.
 
         With ``regauge`` (default), bonds are first rotated into their SVD basis
-        (:meth:`regauge_`), which leaves the weight unchanged.
+        (:meth:`regauge_`), which leaves the weight unchanged, and a CP tensor's components are
+        merged (:meth:`merge_components_`, changing ``W`` by at most ``threshold`` relative).
         """
         old = list(self.ranks)
         if self.method is not None and regauge:
             self.regauge_(optimizer)
+            self.merge_components_(threshold, optimizer)
         keep = [m.nonzero().flatten() for m in self.active_masks(threshold)]
         self.truncate_(keep, optimizer)
         return old, list(self.ranks)
