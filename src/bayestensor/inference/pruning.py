@@ -252,7 +252,9 @@ def prune(
     distributed = process_group is not None
     if distributed:
         _check_same_ranks({n: list(t.ranks) for n, t in found}, process_group)
-    for _, t in found:
+    for name, t in found:
+        report.params_before += t.n_params()
+        report.before[name] = list(t.ranks)
         t.regauge_(optimizer)
         t.merge_components_(threshold, optimizer)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
@@ -263,8 +265,6 @@ def prune(
     if distributed:
         keep = _broadcast(keep, process_group)
     for name, t in found:
-        report.params_before += t.n_params()
-        report.before[name] = list(t.ranks)
         device = t.factors[0].device
         t.truncate_([torch.tensor(k, dtype=torch.long, device=device) for k in keep[name]], optimizer)
         report.after[name] = list(t.ranks)

@@ -278,22 +278,24 @@ class FactorizedTensor(nn.Module):
             self.register_buffer("prior_reference", value)
 
     def _prior_statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s) and ``log(ε/ε_0)`` for the prior.
+        """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s) and, scale-free, ``log(ε/ε_0)``.
 
-        With a scale-free prior ``M`` is rescaled to ``M / ρ``, ``ρ = ε / ε_0``; with a scale floor
-        ``φ`` to ``M / ρ``, ``ρ = min(1, w̄² / (φ² w̄_0²))^{1/F}`` (``w̄²`` the mean square weight, ``F``
-        factors); otherwise it is returned as is and the log ratio is ``None``.
+        With a scale-free prior ``M`` is rescaled to ``M / ρ``, ``ρ = ε / ε_0``, and the log ratio
+        is returned for the entropy's correction; with a scale floor ``φ`` to ``M / ρ``,
+        ``ρ = min(1, w̄² / (φ² w̄_0²))^{1/F}`` (``w̄²`` the mean square weight of the posterior mean,
+        ``F`` factors), and the log ratio is ``None``, as it is without either.
         """
         energy, count = (s.to(dtype) for s in self.flat_rank_statistics())
         if not self.scale_relative:
             return energy, count, None
         if self.scale_free:
             ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
-        else:  # fixed-scale above the floor, scale-free below it
-            floor = self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)
-            below = self._mean_square_weight(dtype) / floor
-            ratio = below.clamp(max=1.0) ** (1.0 / len(self.factors))
-        return energy / ratio, count, ratio.log()
+            return energy / ratio, count, ratio.log()
+        # fixed-scale above the floor, scale-free below it
+        tiny = torch.finfo(dtype).tiny  # a layer that started (or is) all zero: no NaN, the floor has no effect
+        floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
+        below = self._mean_square_weight(dtype) / floor
+        return energy / below.clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors)), count, None
 
     def prior_loss(self) -> Tensor:
         r"""``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression.
@@ -320,7 +322,10 @@ class FactorizedTensor(nn.Module):
         least ``φ`` of its start's and scale-free below: it can still prune components (their
         relative sizes) but no longer rewards shrinking the whole layer, which bounds joint MAP in
         that direction. The floor is measured on ``W`` because ``ε`` also moves with the gauge
-        (cores rescaled against each other at a fixed ``W``).
+        (cores rescaled against each other at a fixed ``W``). SVI gets no entropy correction for
+        the floor: ``ρ`` sees only the means, so a ``log ρ`` term would reward means shrinking under
+        fixed stds; without it, ``M / ρ`` (whose ``M`` holds the variances) grows as the means
+        shrink below the floor, which pushes them back.
         """
         if self.method is None:
             return self.factors[0].new_zeros(())
