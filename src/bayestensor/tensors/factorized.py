@@ -291,11 +291,16 @@ class FactorizedTensor(nn.Module):
         if self.scale_free:
             ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
             return energy / ratio, count, ratio.log()
-        # fixed-scale above the floor, scale-free below it
+        # fixed-scale above the floor, scale-free below it. ρ's value comes from W (no graph: W's norm and its
+        # backward would cost more than the rest of the prior); its gradient from ε = ΣM/ΣD, which scales as W^{2/F}
+        # when the factors are scaled alike, so the prior's gradient along that direction still vanishes below
         tiny = torch.finfo(dtype).tiny  # a layer that started (or is) all zero: no NaN, the floor has no effect
-        floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
-        below = self._mean_square_weight(dtype) / floor
-        return energy / below.clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors)), count, None
+        with torch.no_grad():
+            floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
+            value = (self._mean_square_weight(dtype) / floor).clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors))
+        mean = self._mean_energy(energy, count)
+        ratio = torch.where(value < 1.0, value * mean / mean.detach().clamp_min(tiny), torch.ones_like(value))
+        return energy / ratio, count, None
 
     def prior_loss(self) -> Tensor:
         r"""``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression.
