@@ -110,7 +110,7 @@ def prior_kwargs(args) -> dict:
     """The rank prior's ``scale_free`` / ``scale_floor`` options given on the command line."""
     return {
         **({"scale_free": 1} if args.scale_free else {}),
-        **({"scale_floor": args.scale_floor} if args.scale_floor else {}),
+        **({"scale_floor": args.scale_floor} if args.scale_floor is not None else {}),
     }
 
 
@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--scale-free", action="store_true", help="the prior ignores each layer's overall scale")
     p.add_argument(
-        "--scale-floor", type=float, default=0.0, help="the prior's scale_floor (fraction of the initial RMS)"
+        "--scale-floor", type=float, default=None, help="the prior's scale_floor (default: the library's; 0: off)"
     )
     p.add_argument("--target", type=float, default=None, help="ARD target_compression of the tensorized layers")
     p.add_argument("--tolerance", type=float, default=None, help="ARD tolerance: allowed relative rise of the loss")

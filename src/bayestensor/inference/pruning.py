@@ -203,7 +203,8 @@ def prune(
     which leaves ``W`` unchanged), and a CP layer is re-expressed with the fewest components whose
     ALS refit changes ``W`` by at most ``threshold`` relative
     (:meth:`FactorizedTensor.merge_components_`; CP has no SVD gauge, and a degenerate fit's
-    cancelling components are otherwise each needed); then rank index ``r`` of a bond is inactive when its
+    cancelling components are otherwise each needed; not under a ``process_group``, where
+    processes must agree on the ranks); then rank index ``r`` of a bond is inactive when its
     contribution ``c_r < threshold · max_r c_r`` (a scale-free, relative threshold); a bond keeps
     at least rank 1. Factor tensors are replaced by smaller ones, so :func:`count_params` falls
     and memory is freed.
@@ -256,7 +257,8 @@ def prune(
         report.params_before += t.n_params()
         report.before[name] = list(t.ranks)
         t.regauge_(optimizer)
-        t.merge_components_(threshold, optimizer)
+        if not distributed:  # a refit's accept/reject could differ across processes in its last bits
+            t.merge_components_(threshold, optimizer)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
     if evaluate is not None:
         keep = _keep_within_loss(found, keep, evaluate, float(tolerance))

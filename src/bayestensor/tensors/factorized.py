@@ -253,7 +253,7 @@ class FactorizedTensor(nn.Module):
         return energy.sum() / count.sum()
 
     def _mean_square_weight(self, dtype: torch.dtype) -> Tensor:
-        """``‖W‖_F² / (M N)`` of the posterior-mean factors in ``dtype``, differentiable, without forming ``W``."""
+        """``‖W‖_F² / (M N)`` of the posterior-mean factors in ``dtype``, without forming ``W``."""
         factors = [f.to(dtype) for f in self.factors]
         sq = squared_norm(self.fmt.name, factors, self.out_shape, self.in_shape, tuple(self.ranks))
         return sq / (math.prod(self.out_shape) * math.prod(self.in_shape))
@@ -327,10 +327,12 @@ class FactorizedTensor(nn.Module):
         least ``φ`` of its start's and scale-free below: it can still prune components (their
         relative sizes) but no longer rewards shrinking the whole layer, which bounds joint MAP in
         that direction. The floor is measured on ``W`` because ``ε`` also moves with the gauge
-        (cores rescaled against each other at a fixed ``W``). SVI gets no entropy correction for
-        the floor: ``ρ`` sees only the means, so a ``log ρ`` term would reward means shrinking under
-        fixed stds; without it, ``M / ρ`` (whose ``M`` holds the variances) grows as the means
-        shrink below the floor, which pushes them back.
+        (cores rescaled against each other at a fixed ``W``); the gradient of ``ρ`` is taken through
+        ``ε`` (``ρ = ρ̂ ε / ε̂``, hatted values without gradient), which scales as ``w̄^{2/F}`` when the
+        factors are scaled alike, so ``W``'s norm is contracted without a backward pass. SVI gets no
+        entropy correction for the floor: ``ρ``'s value sees only the means, so a ``log ρ`` term would
+        reward means shrinking under fixed stds; without it, ``M / ρ`` (whose ``M`` holds the
+        variances) grows as the means shrink below the floor, which pushes them back.
         """
         if self.method is None:
             return self.factors[0].new_zeros(())
