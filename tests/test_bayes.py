@@ -391,7 +391,6 @@ def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(prior_kwargs):
     with torch.no_grad():
         fit = float(F.mse_loss(net(x), y) / y.var())
     floor = prior_kwargs.get("scale_floor", bt.priors.DEFAULT_SCALE_FLOOR)
-    print(prior_kwargs, ratio, fit)
     if "scale_free" in prior_kwargs:
         assert ratio > 0.5 and fit < 0.35, (ratio, fit)
     elif floor:
