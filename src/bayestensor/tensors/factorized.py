@@ -253,7 +253,7 @@ class FactorizedTensor(nn.Module):
         return energy.sum() / count.sum()
 
     def _mean_square_weight(self, dtype: torch.dtype) -> Tensor:
-        """``‖W‖_F² / (M N)`` of the posterior-mean factors in ``dtype``, without forming ``W``."""
+        """``‖W‖_F² / (M N)`` of the posterior-mean factors in ``dtype``, differentiable, without forming ``W``."""
         factors = [f.to(dtype) for f in self.factors]
         sq = squared_norm(self.fmt.name, factors, self.out_shape, self.in_shape, tuple(self.ranks))
         return sq / (math.prod(self.out_shape) * math.prod(self.in_shape))
@@ -291,16 +291,12 @@ class FactorizedTensor(nn.Module):
         if self.scale_free:
             ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
             return energy / ratio, count, ratio.log()
-        # fixed-scale above the floor, scale-free below it. ρ's value comes from W (no graph: W's norm and its
-        # backward would cost more than the rest of the prior); its gradient from ε = ΣM/ΣD, which scales as W^{2/F}
-        # when the factors are scaled alike, so the prior's gradient along that direction still vanishes below
+        # fixed-scale above the floor, scale-free below it; the gradient goes through W's norm itself (through the
+        # factors' mean energy instead, the prior can still shrink W along directions that keep that energy)
         tiny = torch.finfo(dtype).tiny  # a layer that started (or is) all zero: no NaN, the floor has no effect
-        with torch.no_grad():
-            floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
-            value = (self._mean_square_weight(dtype) / floor).clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors))
-        mean = self._mean_energy(energy, count)
-        ratio = torch.where(value < 1.0, value * mean / mean.detach().clamp_min(tiny), torch.ones_like(value))
-        return energy / ratio, count, None
+        floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
+        below = self._mean_square_weight(dtype) / floor
+        return energy / below.clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors)), count, None
 
     def prior_loss(self) -> Tensor:
         r"""``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression.
@@ -327,11 +323,11 @@ class FactorizedTensor(nn.Module):
         least ``φ`` of its start's and scale-free below: it can still prune components (their
         relative sizes) but no longer rewards shrinking the whole layer, which bounds joint MAP in
         that direction. The floor is measured on ``W`` because ``ε`` also moves with the gauge
-        (cores rescaled against each other at a fixed ``W``); the gradient of ``ρ`` is taken through
-        ``ε`` (``ρ = ρ̂ ε / ε̂``, hatted values without gradient), which scales as ``w̄^{2/F}`` when the
-        factors are scaled alike, so ``W``'s norm is contracted without a backward pass. SVI gets no
-        entropy correction for the floor: ``ρ``'s value sees only the means, so a ``log ρ`` term would
-        reward means shrinking under fixed stds; without it, ``M / ρ`` (whose ``M`` holds the
+        (cores rescaled against each other at a fixed ``W``), and ``ρ``'s gradient is taken through
+        ``W``'s norm too: through ``ε`` the prior could still shrink ``W`` along directions that keep
+        ``ε`` (one core shrinking while others grow). SVI gets no entropy correction for the floor:
+        ``ρ`` sees only the means, so a ``log ρ`` term would reward means shrinking under fixed
+        stds; without it, ``M / ρ`` (whose ``M`` holds the
         variances) grows as the means shrink below the floor, which pushes them back.
         """
         if self.method is None:
