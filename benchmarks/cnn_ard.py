@@ -124,9 +124,10 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
     summary = []
     if variant != "dense":
         method = None if variant == "fixed" else variant
+        options = prior_kwargs(args)
         net, summary = bt.tensorize(
             net, format=args.format, method=method, init="random", start_fraction=args.start_fraction,
-            **({"prior_kwargs": prior_kwargs(args)} if prior_kwargs(args) and method else {}),
+            **({"prior_kwargs": options} if options and method else {}),
         )  # fmt: skip
     factors = [p for n, p in net.named_parameters() if ".factors." in n or ".raw_scales." in n]
     others = [p for n, p in net.named_parameters() if not (".factors." in n or ".raw_scales." in n)]

@@ -190,11 +190,13 @@ def cp_merge(factors: Sequence[Tensor], max_change: float, n_iter: int = 100) ->
     (columns in that order, each term balanced across modes), or ``None`` when no ``k < R`` is
     accepted. Forms ``T``, so it is meant for tensors of modest size.
     """
-    factors = [f.detach().to(torch.float64) for f in factors]
     rank = factors[0].shape[1]
+    if rank < 2:
+        return None
+    factors = [f.detach().to(torch.float64) for f in factors]
     full = _cp_full(factors)
     norm = full.norm()
-    if rank < 2 or not norm > 0:
+    if not norm > 0:
         return None
     order = torch.stack([f.norm(dim=0) for f in factors]).prod(0).argsort(descending=True)
     best, lo, hi = None, 1, rank
