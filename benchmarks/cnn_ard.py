@@ -2,13 +2,15 @@
 
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
                              [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--finetune K]
-                             [--target R] [--curve R1,R2,... [--plot FILE]] [--save FILE.jsonl] [--threads N] [--smoke]
+                             [--target R] [--curve R1,R2,... [--plot FILE]] [--lr-schedule constant|cosine]
+                             [--save FILE.jsonl] [--threads N] [--smoke]
 python benchmarks/cnn_ard.py --plot-from A.jsonl,B.jsonl --plot FILE   # plot runs saved by --save (no training)
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
-recipe for all three: Adam 1e-3, batch 128, ``bt.ARD`` with its default warm-up and pruning every epoch. The
-dense twin trains with the same epochs. Prints test accuracy, the compression of the tensorized layers
+recipe for all three: Adam 1e-3 (held, or with ``--lr-schedule cosine`` decayed to 0 by a per-step cosine),
+batch 128, ``bt.ARD`` with its default warm-up and pruning every epoch. The dense twin trains with the same
+epochs and schedule. Prints test accuracy, the compression of the tensorized layers
 (their dense parameters over their stored ones) and any collapsed layer. ``--smoke`` runs a few steps on
 random images (the CI check that the script works).
 """
@@ -133,6 +135,8 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
     others = [p for n, p in net.named_parameters() if not (".factors." in n or ".raw_scales." in n)]
     groups = [{"params": others}] + ([{"params": factors, "lr": args.factor_lr}] if factors else [])
     opt = torch.optim.Adam(groups, lr=1e-3)
+    steps = args.epochs * -(-len(xtr) // args.batch_size)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if args.lr_schedule == "cosine" else None
     bayes = variant in ("map", "svi")
     ard = None
     if bayes:
@@ -149,6 +153,8 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if decay is not None:
+                decay.step()
         if bayes:
             ard.end_epoch((lambda: validation_loss(net, xva, yva)) if args.holdout else None)
     seconds = time.perf_counter() - t0
@@ -179,6 +185,12 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--format", default="tt")
     p.add_argument("--factor-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="cosine: every lr decays to 0 per step",
+    )
     p.add_argument("--start-fraction", type=float, default=0.1)
     p.add_argument("--scale-free", action="store_true", help="the prior ignores each layer's overall scale")
     p.add_argument(

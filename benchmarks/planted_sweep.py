@@ -1,6 +1,7 @@
 """Planted-rank sweep: ARD on randomly drawn shapes, planted ranks and seeds, every format x MAP/SVI.
 
 python benchmarks/planted_sweep.py [--cases 24] [--first-seed 1000] [--methods map,svi] [--tolerance T]
+                                   [--lr-schedule cosine|constant]
 
 Case k uses seed first_seed + k; the format cycles over the registry with the seed. Prints one line per
 case and a pass count; a case passes when the relative test error is < 0.1 and no bond ends more than
@@ -24,6 +25,7 @@ def main() -> None:
     p.add_argument("--methods", default="map,svi")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--tolerance", type=float, default=None)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     args = p.parse_args()
     torch.set_num_threads(1)
     results = []
@@ -31,7 +33,7 @@ def main() -> None:
         case = draw_planted_case(args.first_seed + k)
         for method in args.methods.split(","):
             t0 = time.perf_counter()
-            r = fit_planted(case, method, epochs=args.epochs, tolerance=args.tolerance)
+            r = fit_planted(case, method, epochs=args.epochs, tolerance=args.tolerance, lr_schedule=args.lr_schedule)
             results.append(r)
             print(
                 f"seed {r['seed']} {r['format']:6s} {method:3s} out={r['out_shape']} in={r['in_shape']} "

@@ -565,6 +565,27 @@ def test_prune_by_loss_removes_the_most_weakest_components_the_tolerance_allows(
     assert loss_of(removing(k + 1)) > bound
 
 
+def test_loss_based_pruning_waits_for_the_end_of_the_warm_up(monkeypatch):
+    """Before the KL weight reaches its peak a pass prunes by the threshold alone; from then on (and last) by loss."""
+    from bayestensor.inference import ard as ard_module
+
+    seen = []
+    original = ard_module.prune
+
+    def recording_prune(model, *args, **kwargs):
+        seen.append(kwargs["evaluate"] is not None and kwargs["tolerance"] == 0.1)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(ard_module, "prune", recording_prune)
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ard = bt.ARD(model, opt, num_data=8, epochs=7, no_kl_epochs=1, warmup_epochs=2.5, prune_every=2, tolerance=0.1)
+    for _ in range(7):
+        ard.end_epoch(lambda: 1.0)
+    # passes after epochs 1, 3, 5 (prune_start = 1, every 2) and 6 (the last); the warm-up ends at 3.5 epochs
+    assert seen == [False, True, True, True]
+
+
 def test_prune_by_loss_arguments_are_checked():
     model = small_model()
     with pytest.raises(ValueError, match="needs a tolerance >= 0"):

@@ -127,6 +127,8 @@ def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsy
     assert "train.tolerance: expected 0 (off) or a relative loss rise > 0, got -0.1" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.target_compression=1"])
     assert "train.target_compression: expected 0 (off) or a compression > 1, got 1.0" in err
+    err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.lr_schedule=linear"])
+    assert "train.lr_schedule: expected one of 'constant', 'cosine', got 'linear'" in err
     err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--epochs", "1"])  # the default warm-up is 12
     assert "longer than the run" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "data.validation=40"])
@@ -164,7 +166,10 @@ def test_validation_examples_decide_pruning_within_the_tolerance(case, tmp_path,
     (run,) = tmp_path.iterdir()
     report = json.loads((run / "report.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert calls and all(evaluate is not None and tolerance == 0.05 for _, evaluate, tolerance in calls)
+    # loss-based passes once the warm-up is over (and the last one always); the earlier ones prune by the threshold
+    assert calls and calls[-1][1] is not None
+    assert all((evaluate is None) == (tolerance is None) for _, evaluate, tolerance in calls)
+    assert {tolerance for _, evaluate, tolerance in calls if evaluate is not None} == {0.05}
     assert report["validation_examples"] == 40 and all(row["validation_loss"] > 0 for row in rows)
     if name != "digits-fc":
         return
@@ -179,6 +184,19 @@ def test_validation_examples_decide_pruning_within_the_tolerance(case, tmp_path,
     with torch.no_grad():
         expected = float(F.cross_entropy(model(x_val).double(), y_val))
     assert abs(calls[-1][1]() - expected) < 1e-6 * expected  # float32 softmax probabilities against float64 logits
+
+
+def test_cosine_learning_rate_schedule_sets_each_epochs_rate(tmp_path):
+    """``train.lr_schedule=cosine``: epoch ``e`` of ``E`` trains at ``lr · (1 + cos(π e / E)) / 2`` (``lr`` logged)."""
+    args = ["train", "--smoke", "--quiet", "--lr", "0.01", "--out", str(tmp_path)]  # --smoke: 3 epochs
+    assert main([*args, "--set", "train.lr_schedule=cosine"]) == 0
+    assert main([*args, "--set", "name=held"]) == 0
+    rows = {}
+    for run in tmp_path.iterdir():
+        rows[run.name] = [json.loads(r)["lr"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows.pop("held") == [0.01] * 3
+    (cosine,) = rows.values()
+    assert cosine == pytest.approx([0.01, 0.0075, 0.0025], rel=1e-12)  # cos(π/3) = 1/2, cos(2π/3) = -1/2
 
 
 def test_train_tolerance_and_target_reach_ard(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ class TrainConfig:
     epochs: int = 80
     batch_size: int = 64
     lr: float = 3e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2 per epoch
     seed: int = 0
     kl_weight: float = 0.2
     no_kl_epochs: int = 2

@@ -1,7 +1,8 @@
-"""The optimizer of the training loop: Adam, or a lazy Adam when a model has sparse-gradient embedding bags."""
+"""The training loop's optimizer (Adam, or a lazy Adam for sparse-gradient embedding bags) and its lr schedule."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -81,3 +82,33 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     if has_sparse_gradients(model):
         return LazyAdam(model.parameters(), lr=lr)
     return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+#: ``train.lr_schedule`` values: the learning rate of every epoch (:func:`epoch_learning_rate`).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_learning_rate(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    r"""The learning rate of ``epoch`` (0-based) of ``epochs``: ``lr`` held, or decayed by a cosine.
+
+    .. math::
+
+        η_e = η \cdot \tfrac12\big(1 + \cos(π e / E)\big) \quad (\texttt{"cosine"}),
+
+    so the first epoch trains at ``η`` and the last at a few per cent of it. A function of the
+    epoch alone: a resumed run needs no scheduler state. The decay matters to ARD: under a held
+    Adam step a component the prior switches off keeps jittering at about ``η`` around zero
+    (the prior's pull ``w / (N λ_r)`` is stiff and Adam's step is normalised), which holds its
+    ``λ_r`` near ``η²`` and so above the pruning threshold when the kept ones are not much larger.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule: expected one of {', '.join(map(repr, LR_SCHEDULES))}, got {schedule!r}")
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -17,6 +17,7 @@ import torch
 from ..data import PlantedCase, planted_regression, planted_teacher
 from ..inference import ARD, ranks
 from ..layers import TensorizedLinear
+from .optim import LR_SCHEDULES
 
 #: Relative test error under which a case counts as fitted.
 FIT_TOLERANCE = 0.1
@@ -31,14 +32,23 @@ def fit_planted(
     epochs: int = 60,
     batch_size: int = 256,
     lr: float = 1e-2,
+    lr_schedule: str = "cosine",
     tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Train ``case`` with ``method`` (``"map"`` / ``"svi"``); returns found ranks, the test error and ``passed``.
+
+    Adam with ``lr``, decayed to 0 over the run by a cosine (:class:`torch.optim.lr_scheduler.CosineAnnealingLR`,
+    ``lr_schedule="cosine"``) or held (``"constant"``). With a constant step the components ARD switches
+    off do not reach zero: the prior's pull ``w / (N λ_r)`` on them is stiff, and Adam's normalised step
+    keeps them jittering at about ``lr`` around it, which holds their ``λ_r`` near ``lr²`` (above the
+    pruning threshold when the kept components are not much larger than ``lr``) and adds that jitter to ``W``.
 
     With ``tolerance``, ARD runs with that loss tolerance and every pruning pass removes components for
     as long as the negative log likelihood of 512 held-out validation samples (not the test samples)
     stays within it (``ARD.end_epoch(evaluate=...)``).
     """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
     torch.manual_seed(case.seed)
     teacher = planted_teacher(case.format, case.out_shape, case.in_shape, case.planted, seed=case.seed,
                               dtype=torch.float32)  # fmt: skip
@@ -49,6 +59,7 @@ def fit_planted(
     layer = TensorizedLinear(n_in, n_out, format=case.format, max_rank=list(case.max_rank), in_shape=case.in_shape,
                              out_shape=case.out_shape, bias=False, method=method)  # fmt: skip
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if lr_schedule == "cosine" else None
     ard = ARD(layer, opt, num_data=num_train, epochs=epochs, tolerance=tolerance)
 
     def validation_nll() -> float:
@@ -64,6 +75,8 @@ def fit_planted(
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if decay is not None:
+            decay.step()
         ard.end_epoch(validation_nll if tolerance is not None else None)
     ard.close()
     layer.eval()
@@ -79,6 +92,7 @@ def fit_planted(
         "in_shape": case.in_shape,
         "planted": list(case.planted),
         "max_rank": list(case.max_rank),
+        "lr_schedule": lr_schedule,
         "found": found,
         "rel_error": rel,
         "collapsed": bool(ard.collapsed),

@@ -27,7 +27,7 @@ from .clicks import ClicksTask
 from .compiled import CompiledObjective, check_compile_mode, use_compile
 from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
-from .optim import make_optimizer
+from .optim import epoch_learning_rate, make_optimizer, set_learning_rate
 from .posterior import SAMPLERS, SamplerPhase, check_sampler_config, sampler_epochs
 from .progress import Console
 from .registry import Experiment, get_experiment
@@ -82,6 +82,10 @@ def make_ard(
 ) -> ARD:
     """The run's :class:`~bayestensor.ARD`: ``train.kl_weight``, warm-up, pruning, tolerance, fine-tune, target."""
     t = cfg.train
+    try:
+        epoch_learning_rate(t.lr, t.lr_schedule, 0, max(t.epochs, 1))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if not t.tolerance >= 0:
         raise ConfigError(f"train.tolerance: expected 0 (off) or a relative loss rise > 0, got {t.tolerance!r}")
     if t.target_compression != 0 and not t.target_compression > 1:
@@ -248,6 +252,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
 
     for epoch in range(start, cfg.train.epochs):
         beta = ard.beta
+        lr = epoch_learning_rate(cfg.train.lr, cfg.train.lr_schedule, epoch, cfg.train.epochs)
+        set_learning_rate(optimizer, lr)
         losses = task.train_epoch(net, objective, optimizer, epoch, console)
         if epoch + 1 == cfg.train.epochs:
             before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
@@ -262,6 +268,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             "epoch": epoch,
             **losses,
             "kl_weight": beta,
+            "lr": lr,
             **task.epoch_metrics(model),
             **({"validation_loss": held_out_loss()} if validating else {}),
             "params": count_params(model),

@@ -33,6 +33,12 @@ What it does:
 * **Pruning schedule.** :meth:`end_epoch` prunes physically (:func:`~bayestensor.prune`, with
   the optimizer, so its state follows) every ``prune_every`` epochs once the prior is on, and
   at the end of the last epoch; under DDP pass ``process_group``.
+* **Learning rate.** ARD prunes a component once the prior has shrunk it under the threshold, which
+  needs a step that can take it there: under a held Adam step a switched-off component jitters at
+  about ``lr`` around zero (the prior's pull ``β w / (N λ_r)`` on it is stiff and Adam's step is
+  normalised), which holds its ``λ_r`` near ``lr²`` and adds the jitter to ``W``. Decay the learning
+  rate over the run (for example :class:`torch.optim.lr_scheduler.CosineAnnealingLR`; the trainer's
+  ``train.lr_schedule = "cosine"``). ARD does not touch the optimizer's learning rate itself.
 * **Loss tolerance** (``tolerance=τ``, off by default). The joint MAP objective over ``(W, λ)``
   is unbounded below at ``W = 0``: with ``λ`` at its M-step the prior's pull on a rank slice of
   ``D`` entries and size ``s`` is ``β D / (N s)``, which grows as the slice shrinks, so at
@@ -62,6 +68,10 @@ What it does:
   that are back-propagated count and evaluating :meth:`loss` still changes no state.
   With ``end_epoch(evaluate=...)`` the same tolerance also decides pruning: a pass removes the
   weakest components for as long as the evaluated (held-out) loss stays within ``τ`` of its value.
+  Such passes start once the warm-up has ended (and the last pass always is one); the passes
+  before prune by the threshold alone. During the warm-up the data shape the factors almost alone,
+  and a fit on its way can rest on a plateau (a CP "swamp") where fewer components reproduce the
+  current loss but cannot reach the final fit.
 * **Target compression** (``target_compression=R``, off by default): the trade-off stated up
   front, met from both sides. From below, the pruning passes remove the weakest components
   across layers until the size follows a geometric schedule that reaches ``R`` by
@@ -520,7 +530,7 @@ class ARD:
             loss on a held-out batch in eval mode). With it a pruning pass also removes the weakest
             components for as long as that loss stays within ``tolerance`` of its value
             (:func:`~bayestensor.prune`'s ``evaluate``); needs ``ARD(tolerance=...)``. It is called only
-            when a pass is due.
+            when a pass is due and the warm-up has ended, or at the last pass (module docstring).
         """
         if evaluate is not None and self.tolerance is None:
             raise ValueError("ARD.end_epoch(evaluate=...) prunes within ARD's tolerance; build ARD(tolerance=...)")
@@ -537,6 +547,8 @@ class ARD:
         due = epoch >= self.prune_start and (epoch - self.prune_start) % self.prune_every == 0
         if not (due or last):
             return None
+        # loss-based passes wait for the end of the warm-up (module docstring: a fit on its way can rest on a plateau)
+        by_loss = evaluate is not None and (last or epoch + 1 >= self.no_kl_epochs + self.warmup_epochs)
         report = prune(
             self.model,
             self.prune_threshold,
@@ -544,8 +556,8 @@ class ARD:
             process_group=self.process_group,
             skip=self.collapsed,
             max_params=self._budget(epoch),
-            evaluate=evaluate,
-            tolerance=self.tolerance if evaluate is not None else None,
+            evaluate=evaluate if by_loss else None,
+            tolerance=self.tolerance if by_loss else None,
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)
