@@ -573,7 +573,7 @@ def test_loss_based_pruning_waits_for_the_end_of_the_warm_up(monkeypatch):
     original = ard_module.prune
 
     def recording_prune(model, *args, **kwargs):
-        seen.append(kwargs["evaluate"] is not None and kwargs["tolerance"] == 0.1)
+        seen.append((kwargs["evaluate"] is not None and kwargs["tolerance"] == 0.1, kwargs["merge_restarts"]))
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr(ard_module, "prune", recording_prune)
@@ -582,8 +582,10 @@ def test_loss_based_pruning_waits_for_the_end_of_the_warm_up(monkeypatch):
     ard = bt.ARD(model, opt, num_data=8, epochs=7, no_kl_epochs=1, warmup_epochs=2.5, prune_every=2, tolerance=0.1)
     for _ in range(7):
         ard.end_epoch(lambda: 1.0)
-    # passes after epochs 1, 3, 5 (prune_start = 1, every 2) and 6 (the last); the warm-up ends at 3.5 epochs
-    assert seen == [False, True, True, True]
+    # passes after epochs 1, 3, 5 (prune_start = 1, every 2) and 6 (the last); the warm-up ends at 3.5 epochs;
+    # the last pass also tries random starts when it merges CP layers
+    restarts = ard_module.MERGE_RESTARTS
+    assert seen == [(False, 0), (True, 0), (True, 0), (True, restarts)] and restarts > 0
 
 
 def test_prune_by_loss_arguments_are_checked():
@@ -594,6 +596,8 @@ def test_prune_by_loss_arguments_are_checked():
         bt.prune(model, tolerance=0.1)
     with pytest.raises(ValueError, match="expected a finite loss"):
         bt.prune(model, evaluate=lambda: float("nan"), tolerance=0.1)
+    with pytest.raises(ValueError, match="merge_restarts must be an int >= 0, got -1"):
+        bt.prune(model, merge_restarts=-1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"build ARD\(tolerance=...\)"):
         bt.ARD(model, opt, num_data=8, epochs=2).end_epoch(evaluate=lambda: 1.0)

@@ -201,6 +201,25 @@ def test_prune_merges_a_degenerate_cp_fit_to_its_planted_rank(method):
     opt.step()  # training goes on with the same optimizer
 
 
+def test_cp_merge_finds_the_planted_rank_when_a_cancelling_pair_is_the_largest():
+    """A planted rank-2 tensor plus a large cancelling pair: ALS from the two largest components (the pair) misses,
+    and the merge finds the planted rank from another start."""
+    from bayestensor.tensors.decompose import _cp_full, cp_als, cp_merge
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(n, 2, generator=g, dtype=torch.float64) for n in (4, 5, 3, 4)]
+    c = [torch.randn(n, 1, generator=g, dtype=torch.float64) * 3 for n in (4, 5, 3, 4)]
+    factors = [torch.cat([a[n], c[n], c[n] * (-1.0 if n == 0 else 1.0)], 1) for n in range(4)]
+    planted = _cp_full(a)
+    torch.testing.assert_close(_cp_full(factors), planted)
+    pair = cp_als(planted, 2, n_iter=100, init=[f[:, 2:] for f in factors])
+    assert (_cp_full(pair) - planted).norm() / planted.norm() > 0.1  # the old warm start alone
+    for restarts in (0, 3):  # the HOSVD start finds it; random starts change nothing then
+        keep, fit = cp_merge(factors, 1e-3, restarts=restarts)
+        assert keep == [2, 3] and len(fit) == 4 and fit[0].shape == (4, 2)  # the two largest indices, refitted
+        assert (_cp_full(fit) - planted).norm() / planted.norm() <= 1e-3
+
+
 def test_merge_leaves_a_generic_cp_fit_and_other_formats_alone():
     torch.manual_seed(0)
     for fmt in bt.available_formats():

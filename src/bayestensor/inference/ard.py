@@ -32,7 +32,8 @@ What it does:
   optimizer step, whatever the loop evaluates in between; :meth:`loss` changes no state.
 * **Pruning schedule.** :meth:`end_epoch` prunes physically (:func:`~bayestensor.prune`, with
   the optimizer, so its state follows) every ``prune_every`` epochs once the prior is on, and
-  at the end of the last epoch; under DDP pass ``process_group``.
+  at the end of the last epoch; under DDP pass ``process_group``. The last pass also tries
+  :data:`~bayestensor.inference.pruning.MERGE_RESTARTS` random starts when merging small CP layers.
 * **Learning rate.** ARD prunes a component once the prior has shrunk it under the threshold, which
   needs a step that can take it there: under a held Adam step a switched-off component jitters at
   about ``lr`` around zero (the prior's pull ``β w / (N λ_r)`` on it is stiff and Adam's step is
@@ -118,7 +119,7 @@ from torch import Tensor, nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
 from .objective import bayesian_tensors, prior_loss
-from .pruning import PruneReport, prune, tensorized_layers
+from .pruning import MERGE_RESTARTS, PruneReport, prune, tensorized_layers
 from .schedules import kl_weight
 
 #: A tensorized layer counts as collapsed when its weight RMS falls below this fraction of its initial RMS.
@@ -558,6 +559,7 @@ class ARD:
             max_params=self._budget(epoch),
             evaluate=evaluate if by_loss else None,
             tolerance=self.tolerance if by_loss else None,
+            merge_restarts=MERGE_RESTARTS if last else 0,
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)

@@ -12,6 +12,9 @@ from torch import nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, TensorizedModule
 
+#: Random ALS starts of the CP merge at ARD's last pruning pass (:func:`prune`'s ``merge_restarts``).
+MERGE_RESTARTS = 8
+
 
 def tensorized_layers(model: nn.Module) -> list[tuple[str, TensorizedModule]]:
     """Named tensorized layers of ``model`` (the model itself is named ``""``)."""
@@ -196,6 +199,7 @@ def prune(
     max_params: int | None = None,
     evaluate: Callable[[], float] | None = None,
     tolerance: float | None = None,
+    merge_restarts: int = 0,
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
@@ -239,11 +243,17 @@ def prune(
         ``L_0`` at the threshold's ranks (see :func:`_keep_within_loss`; about
         ``log₂(components) + 2`` calls). ``tolerance ≥ 0`` is required with ``evaluate``. Under DDP
         ``evaluate`` must return the same value on every process (for example all-reduced).
+    merge_restarts
+        Seeded random ALS starts a CP merge tries besides the largest components and the HOSVD start
+        (small layers only, see :meth:`FactorizedTensor.merge_components_`); each costs one refit per
+        layer that does not merge. :class:`ARD` asks for :data:`MERGE_RESTARTS` at its last pass.
 
     Layers with ``method=None`` are left alone.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    if isinstance(merge_restarts, bool) or not isinstance(merge_restarts, int) or merge_restarts < 0:
+        raise ValueError(f"merge_restarts must be an int >= 0, got {merge_restarts!r}")
     if evaluate is not None and not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
         raise ValueError(f"prune(evaluate=...) needs a tolerance >= 0 (a relative loss rise), got {tolerance!r}")
     if evaluate is None and tolerance is not None:
@@ -258,7 +268,7 @@ def prune(
         report.before[name] = list(t.ranks)
         t.regauge_(optimizer)
         if not distributed:  # a refit's accept/reject could differ across processes in its last bits
-            t.merge_components_(threshold, optimizer)
+            t.merge_components_(threshold, optimizer, restarts=merge_restarts)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
     if evaluate is not None:
         keep = _keep_within_loss(found, keep, evaluate, float(tolerance))

@@ -185,7 +185,7 @@ def cp_merge(
     components that are parallel in some modes and cancel in the others (a degenerate fit) can
     carry no more than fewer components would, yet removing any one of them breaks the fit.
     With ``T`` the tensor of ``factors`` (shape ``(I_n, R)``), ``k`` is found by bisection over
-    ``1 … R-1`` once ``R-1`` is accepted: ALS fits ``T`` at rank ``k``, and ``k`` is accepted when
+    ``1 … R-1``: ALS fits ``T`` at rank ``k``, and ``k`` is accepted when
     ``‖T̂_k − T‖_F ≤ max_change · ‖T‖_F``. The fit starts from the ``k`` components of largest
     norm ``Π_n ‖u_{n,r}‖``; when that start misses, from the HOSVD start and then from
     ``restarts`` random ones (seeded, so the result is a function of ``factors``): a degenerate
@@ -217,18 +217,13 @@ def cp_merge(
                 return fit
         return None
 
-    def accepted(k: int) -> tuple[list[int], list[Tensor]] | None:
+    best, lo, hi = None, 1, rank
+    while lo < hi:
+        k = (lo + hi) // 2
         keep = order[:k].sort().values
         fit = refit(k, keep)
-        return None if fit is None else (keep.tolist(), _balance_components(fit))
-
-    best = accepted(rank - 1)  # nothing merges when one component fewer does not (the common case: one try)
-    lo, hi = 1, rank - 1
-    while best is not None and lo < hi:
-        k = (lo + hi) // 2
-        found = accepted(k)
-        if found is not None:
-            best, hi = found, k
+        if fit is not None:
+            best, hi = (keep.tolist(), _balance_components(fit)), k
         else:
             lo = k + 1
     return best

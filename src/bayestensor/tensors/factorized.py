@@ -48,9 +48,8 @@ RANK_UPDATES = ("em", "gradient")
 DEFAULT_PRUNE_THRESHOLD = 1e-3
 MERGE_MAX_ENTRIES = 1 << 24
 """A CP tensor is merged (:meth:`FactorizedTensor.merge_components_`) when ``R · Π I_n`` is at most this."""
-MERGE_RESTARTS, MERGE_RESTART_MAX_ENTRIES = 8, 1 << 16
-"""Random ALS starts a merge also tries (:func:`~bayestensor.tensors.decompose.cp_merge`) when ``R · Π I_n`` is
-at most ``MERGE_RESTART_MAX_ENTRIES`` (each start costs one more refit)."""
+MERGE_RESTART_MAX_ENTRIES = 1 << 16
+"""A merge tries the random ALS starts it is given only when ``R · Π I_n`` is at most this (each costs a refit)."""
 #: Starting size of a tensor built without ``max_rank``: its factors hold about this fraction of the
 #: dense matrix's entries (uniform ranks, see :meth:`~bayestensor.formats.TensorFormat.ranks_for_budget`).
 DEFAULT_START_FRACTION = 0.1
@@ -532,14 +531,18 @@ class FactorizedTensor(nn.Module):
 
     @torch.no_grad()
     def merge_components_(
-        self, max_change: float = DEFAULT_PRUNE_THRESHOLD, optimizer: torch.optim.Optimizer | None = None
+        self,
+        max_change: float = DEFAULT_PRUNE_THRESHOLD,
+        optimizer: torch.optim.Optimizer | None = None,
+        restarts: int = 0,
     ) -> bool:
         """CP only: re-express ``W`` with fewer components when an ALS refit changes it by at most ``max_change``.
 
         The CP counterpart of :meth:`regauge_` (see :func:`~bayestensor.tensors.decompose.cp_merge`):
         a degenerate CP fit, whose surplus components cancel each other, is replaced by the fewest
         components that reproduce ``W`` within ``max_change`` relative (Frobenius; ALS from the largest
-        components, the HOSVD start and, for small tensors, :data:`MERGE_RESTARTS` random ones). The kept
+        components, the HOSVD start and ``restarts`` seeded random ones, the latter only when
+        ``R · Π I_n ≤`` :data:`MERGE_RESTART_MAX_ENTRIES`). The kept
         indices' posterior parameters and ``λ`` stay; their means are the refit, and the
         optimizer state of the factors is reset. Skipped (returns ``False``) for other formats, for
         ``method=None`` and when ``R · Π I_n`` exceeds :data:`MERGE_MAX_ENTRIES` (``W`` is formed).
@@ -548,7 +551,7 @@ class FactorizedTensor(nn.Module):
         modes = math.prod(self.out_shape) * math.prod(self.in_shape)
         if self.fmt.name != "cp" or self.method is None or self.ranks[0] * modes > MERGE_MAX_ENTRIES:
             return False
-        restarts = MERGE_RESTARTS if self.ranks[0] * modes <= MERGE_RESTART_MAX_ENTRIES else 0
+        restarts = restarts if self.ranks[0] * modes <= MERGE_RESTART_MAX_ENTRIES else 0
         merged = cp_merge(list(self.factors), max_change, restarts=restarts)
         if merged is None:
             return False
