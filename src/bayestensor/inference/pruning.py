@@ -209,9 +209,10 @@ def prune(
     (:meth:`FactorizedTensor.merge_components_`; CP has no SVD gauge, and a degenerate fit's
     cancelling components are otherwise each needed; not under a ``process_group``, where
     processes must agree on the ranks); then rank index ``r`` of a bond is inactive when its
-    contribution ``c_r < threshold · max_r c_r`` (a scale-free, relative threshold); a bond keeps
-    at least rank 1. Factor tensors are replaced by smaller ones, so :func:`count_params` falls
-    and memory is freed.
+    contribution ``c_r < threshold · max_r c_r`` (a scale-free, relative threshold) or, under SVI,
+    when its mean is within its posterior spread on some member slice
+    (:meth:`FactorizedTensor.active_masks`); a bond keeps at least rank 1. Factor tensors are
+    replaced by smaller ones, so :func:`count_params` falls and memory is freed.
 
     Parameters
     ----------

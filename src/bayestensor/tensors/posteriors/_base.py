@@ -19,6 +19,7 @@ masses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +55,37 @@ class Posterior(nn.Module):
         The tensor truncates and remaps them exactly like the factors when it prunes.
         """
         return []
+
+    def signal_to_noise(self, means: Sequence[Tensor], factor: int, axis: int) -> Tensor | None:
+        r"""Per slice of factor ``factor`` along ``axis``, ``‖μ_slice‖² / Σ_slice σ²``; ``None`` without spread.
+
+        Under ``q`` a slice is a Gaussian vector with ``E‖x‖² = ‖μ‖² + Σ σ²``; a ratio under ``1`` means
+        that its mean carries less energy than its posterior spread, so ``q`` cannot tell the slice
+        from zero (:meth:`~bayestensor.FactorizedTensor.active_masks`).
+        """
+        return None
+
+    def gauge_split(self, entries: Sequence[int]) -> list[float]:
+        r"""How a bond's rank components split their size over the bond's members, at the objective's optimum.
+
+        A rank index ``r`` of a bond with members ``k = 1..n`` (slices of ``I_k`` entries each)
+        contributes ``c_r = Π_k ‖slice_r(G_k)‖`` to ``W``; rescaling the slices by ``t_k`` with
+        ``Π_k t_k = 1`` leaves ``W`` (and every draw of a spread posterior, :meth:`rescale_`)
+        unchanged but not the objective. With ``λ_r`` at its M-step the prior's part is
+        ``(D/2) log Σ_k t_k² E_k`` (``D = Σ_k I_k``). A point mass minimises it at equal slice norms,
+        ``‖slice_r(G_k)‖ = c_r^{1/n}``. A posterior whose spread scales with its slices adds the
+        entropy ``Σ_k I_k log t_k``, and the optimum moves to an equal second moment per *entry*,
+        ``t_k² E_k / I_k`` the same for every ``k``: ``‖slice_r(G_k)‖ = c_r^{1/n} (I_k / Ī)^{1/2}``,
+        ``Ī`` the geometric mean of the ``I_k``. Returns the factors ``(I_k / Ī)^{1/2}`` (all ``1``
+        for a point mass); their product is ``1``. A regauge that split by the point mass's rule under
+        a spread posterior would be undone by the optimiser between pruning passes through the
+        means only, while the scales stay where the regauge put them, so the scales ratchet pass
+        after pass (:meth:`~bayestensor.FactorizedTensor.regauge_`).
+        """
+        if not self.stochastic:
+            return [1.0] * len(entries)
+        mean_log = sum(math.log(i) for i in entries) / len(entries)
+        return [math.exp(0.5 * (math.log(i) - mean_log)) for i in entries]
 
     @torch.no_grad()
     def create_(self, means: Sequence[Tensor], stds: Sequence[float]) -> None:

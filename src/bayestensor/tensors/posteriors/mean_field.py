@@ -60,6 +60,10 @@ class MeanFieldGaussian(Posterior):
             total = total + Normal(m, s).entropy().sum().to(total.dtype)
         return total
 
+    def signal_to_noise(self, means: Sequence[Tensor], factor: int, axis: int) -> Tensor:  # noqa: D102
+        dims = [d for d in range(means[factor].dim()) if d != axis]
+        return means[factor].detach().square().sum(dims) / self.scales()[factor].detach().square().sum(dims)
+
     def factor_parameters(self) -> list[nn.ParameterList]:  # noqa: D102
         return [self.raw_scales]
 
