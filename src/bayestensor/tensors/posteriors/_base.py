@@ -71,10 +71,12 @@ class Posterior(nn.Module):
         A rank index ``r`` of a bond with members ``k = 1..n`` (slices of ``I_k`` entries each)
         contributes ``c_r = Π_k ‖slice_r(G_k)‖`` to ``W``; rescaling the slices by ``t_k`` with
         ``Π_k t_k = 1`` leaves ``W`` (and every draw of a spread posterior, :meth:`rescale_`)
-        unchanged but not the objective. With ``λ_r`` at its M-step the prior's part is
-        ``(D/2) log Σ_k t_k² E_k`` (``D = Σ_k I_k``). A point mass minimises it at equal slice norms,
-        ``‖slice_r(G_k)‖ = c_r^{1/n}``. A posterior whose spread scales with its slices adds the
-        entropy ``Σ_k I_k log t_k``, and the optimum moves to an equal second moment per *entry*,
+        unchanged but not the objective. With ``λ_r`` at its M-step ``M_r / D`` (a flat hyper-prior;
+        the registered ones add ``O(1)`` to ``D``) the prior's part is ``(D/2) log Σ_k t_k² E_k``
+        (``D = Σ_k I_k``); a scale floor divides every ``E_k`` by the same ``ρ`` and moves nothing. A
+        point mass minimises it at equal slice norms, ``‖slice_r(G_k)‖ = c_r^{1/n}``. A posterior
+        whose spread scales with its slices adds the entropy ``Σ_k I_k log t_k``, and the optimum
+        moves to an equal second moment per *entry*,
         ``t_k² E_k / I_k`` the same for every ``k``: ``‖slice_r(G_k)‖ = c_r^{1/n} (I_k / Ī)^{1/2}``,
         ``Ī`` the geometric mean of the ``I_k``. Returns the factors ``(I_k / Ī)^{1/2}`` (all ``1``
         for a point mass); their product is ``1``. A regauge that split by the point mass's rule under

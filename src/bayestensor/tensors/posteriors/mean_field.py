@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from ..statistics import slice_sums
 from ._base import Posterior
 
 #: Initial posterior std of SVI factors, relative to the factor's initial std.
@@ -61,8 +62,9 @@ class MeanFieldGaussian(Posterior):
         return total
 
     def signal_to_noise(self, means: Sequence[Tensor], factor: int, axis: int) -> Tensor:  # noqa: D102
-        dims = [d for d in range(means[factor].dim()) if d != axis]
-        return means[factor].detach().square().sum(dims) / self.scales()[factor].detach().square().sum(dims)
+        return slice_sums(means[factor].detach().square(), axis) / slice_sums(
+            self.scales()[factor].detach().square(), axis
+        )
 
     def factor_parameters(self) -> list[nn.ParameterList]:  # noqa: D102
         return [self.raw_scales]
