@@ -62,9 +62,8 @@ class MeanFieldGaussian(Posterior):
         return total
 
     def signal_to_noise(self, means: Sequence[Tensor], factor: int, axis: int) -> Tensor:  # noqa: D102
-        return slice_sums(means[factor].detach().square(), axis) / slice_sums(
-            self.scales()[factor].detach().square(), axis
-        )
+        spread = F.softplus(self.raw_scales[factor].detach())  # this factor's σ only (scales() maps them all)
+        return slice_sums(means[factor].detach().square(), axis) / slice_sums(spread.square(), axis)
 
     def factor_parameters(self) -> list[nn.ParameterList]:  # noqa: D102
         return [self.raw_scales]
