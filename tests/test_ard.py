@@ -565,15 +565,17 @@ def test_prune_by_loss_removes_the_most_weakest_components_the_tolerance_allows(
     assert loss_of(removing(k + 1)) > bound
 
 
-def test_loss_based_pruning_waits_for_the_end_of_the_warm_up(monkeypatch):
-    """Before the KL weight reaches its peak a pass prunes by the threshold alone; from then on (and last) by loss."""
+def test_loss_and_noise_based_pruning_wait_for_the_end_of_the_warm_up(monkeypatch):
+    """Before the KL weight reaches its peak a pass prunes by the threshold alone; from then on (and last) by loss
+    and, under SVI, by signal-to-noise too."""
     from bayestensor.inference import ard as ard_module
 
     seen = []
     original = ard_module.prune
 
     def recording_prune(model, *args, **kwargs):
-        seen.append((kwargs["evaluate"] is not None and kwargs["tolerance"] == 0.1, kwargs["merge_restarts"]))
+        by_loss = kwargs["evaluate"] is not None and kwargs["tolerance"] == 0.1
+        seen.append((by_loss, kwargs["merge_restarts"], kwargs["by_noise"]))
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr(ard_module, "prune", recording_prune)
@@ -585,7 +587,7 @@ def test_loss_based_pruning_waits_for_the_end_of_the_warm_up(monkeypatch):
     # passes after epochs 1, 3, 5 (prune_start = 1, every 2) and 6 (the last); the warm-up ends at 3.5 epochs;
     # the last pass also tries random starts when it merges CP layers
     restarts = ard_module.MERGE_RESTARTS
-    assert seen == [(False, 0), (True, 0), (True, 0), (True, restarts)] and restarts > 0
+    assert seen == [(False, 0, False), (True, 0, True), (True, 0, True), (True, restarts, True)] and restarts > 0
 
 
 def test_prune_by_loss_arguments_are_checked():

@@ -130,6 +130,41 @@ def test_regauge_keeps_the_weight(fmt, method):
     torch.testing.assert_close(layer.full_weight(), before, rtol=1e-9, atol=1e-12)
 
 
+def _has_two_member_bond(fmt: str) -> bool:
+    t = FactorizedTensor(fmt, *SHAPE, 2)
+    return any(len(g.members) == 2 for g in t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks))
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if _has_two_member_bond(f)])
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_regauge_empties_what_a_bond_holds_beyond_its_unfoldings_and_prune_removes_it(fmt, method):
+    """With its neighbours pruned to rank 1 a bond can be wider than one side's unfolding (TT: ``r_{k-1} n_k < r_k``).
+
+    Such a bond carries at most ``p = min(m, n)`` directions, ``m`` and ``n`` the two sides' unfolding
+    sizes; ``regauge_`` keeps ``W`` (float64), leaves indices ``p..r-1`` exactly zero, and ``prune`` takes
+    the bond to at most ``p``. (These bonds used to be skipped, so ARD could never rank their directions:
+    a planted TT bond stayed at its starting 7 of a planted 2, README.)
+    """
+    model = nn.Sequential(bt.TensorizedLinear(9, 18, format=fmt, max_rank=64, in_shape=(3, 1, 3), out_shape=(3, 2, 3),
+                                              bias=False, method=method, dtype=torch.float64))  # fmt: skip
+    t = model[0].weight  # at full ranks
+    groups = t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks)
+    wide = max((g for g in groups if len(g.members) == 2), key=lambda g: t.ranks[g.bond])
+    t.truncate_([torch.arange(t.ranks[g.bond] if g is wide else 1) for g in groups])
+    (fa, aa), (fb, ab) = wide.members
+    r = t.ranks[wide.bond]
+    p = min(t.factors[fa].numel() // r, t.factors[fb].numel() // r)
+    assert p < r, (t.ranks, p)  # the case under test exists
+    w = t.to_matrix().detach().clone()
+    t.regauge_()
+    torch.testing.assert_close(t.to_matrix(), w, rtol=1e-9, atol=1e-12)
+    c = t.contributions()[wide.bond]
+    assert bool((c[:p] > 0).all()) and bool((c[p:] == 0).all()), c
+    bt.prune(model, threshold=1e-6)
+    assert t.ranks[wide.bond] <= p
+    torch.testing.assert_close(t.to_matrix(), w, rtol=1e-9, atol=1e-12)
+
+
 def shrink_some_components(layer):
     """Make half of every bond's rank components negligible, as ARD does."""
     with torch.no_grad():

@@ -113,19 +113,6 @@ def test_regauge_keeps_the_weight_and_the_posterior_consistent(method):
         assert all(torch.isfinite(p).all() for p in plist)
 
 
-def _regauged_bonds(t):
-    """The bonds ``regauge_`` processes, in order (two-member bonds wide enough for the QR, and hyper-edges)."""
-    out = []
-    for group in t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks):
-        if len(group.members) == 2:
-            (fa, aa), (fb, ab) = group.members
-            r = t.ranks[group.bond]
-            if t.factors[fa].numel() // r < r or t.factors[fb].numel() // r < r:
-                continue
-        out.append(group)
-    return out
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("method", list(POSTERIORS))
 def test_regauge_splits_a_bond_between_its_members_as_the_posterior_says(fmt, method):
@@ -137,7 +124,7 @@ def test_regauge_splits_a_bond_between_its_members_as_the_posterior_says(fmt, me
     """
     t = tensor(fmt, method)
     t.regauge_()
-    group = _regauged_bonds(t)[-1]
+    group = t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks)[-1]
     norms = [slice_sums(t.factors[f].detach().square(), axis).sqrt() for f, axis in group.members]
     entries = [t.factors[f].numel() // t.factors[f].shape[axis] for f, axis in group.members]
     split = t.posterior.gauge_split(entries)
@@ -209,7 +196,8 @@ def test_a_component_within_its_posterior_noise_is_inactive_only_under_a_spread_
     """A component at 5 % of the largest (above the 0.1 % threshold) whose means sit inside their spread.
 
     ``signal_to_noise`` is checked against ``‖μ‖² / (Σ E_q[w²] − ‖μ‖²)`` from ``second_moments``; the
-    component is inactive exactly when the posterior has spread (the point mass's ratio is ``None``).
+    component is inactive exactly when the posterior has spread (the point mass's ratio is ``None``), and
+    active again when ``by_noise=False`` leaves the ratio out.
     """
     t = tensor(fmt, method)
     group = t.fmt.rank_groups(t.out_shape, t.in_shape, t.ranks)[0]
@@ -238,6 +226,7 @@ def test_a_component_within_its_posterior_noise_is_inactive_only_under_a_spread_
         assert float(ratio[1]) == pytest.approx(1 / 9, rel=1e-6)
     active = t.active_masks()[0]
     assert bool(active[0]) and bool(active[1]) != t.posterior.stochastic
+    assert bool(t.active_masks(by_noise=False)[0][1])
 
 
 @pytest.mark.parametrize("method", list(POSTERIORS))

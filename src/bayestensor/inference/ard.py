@@ -32,8 +32,12 @@ What it does:
   optimizer step, whatever the loop evaluates in between; :meth:`loss` changes no state.
 * **Pruning schedule.** :meth:`end_epoch` prunes physically (:func:`~bayestensor.prune`, with
   the optimizer, so its state follows) every ``prune_every`` epochs once the prior is on, and
-  at the end of the last epoch; under DDP pass ``process_group``. The last pass also tries
-  :data:`~bayestensor.inference.pruning.MERGE_RESTARTS` random starts when merging small CP layers.
+  at the end of the last epoch; under DDP pass ``process_group``. Under SVI the passes of the
+  warm-up prune by the threshold alone, and from its end also components whose mean is within
+  their posterior spread (:meth:`~bayestensor.FactorizedTensor.active_masks`): while ``β`` is
+  still rising the entropy that sets the spread is tempered, so the spread is not yet the
+  posterior's. The last pass also tries :data:`~bayestensor.inference.pruning.MERGE_RESTARTS`
+  random starts when merging small CP layers.
 * **Learning rate.** ARD prunes a component once the prior has shrunk it under the threshold, which
   needs a step that can take it there: under a held Adam step a switched-off component jitters at
   about ``lr`` around zero (the prior's pull ``β w / (N λ_r)`` on it is stiff and Adam's step is
@@ -548,8 +552,9 @@ class ARD:
         due = epoch >= self.prune_start and (epoch - self.prune_start) % self.prune_every == 0
         if not (due or last):
             return None
-        # loss-based passes wait for the end of the warm-up (module docstring: a fit on its way can rest on a plateau)
-        by_loss = evaluate is not None and (last or epoch + 1 >= self.no_kl_epochs + self.warmup_epochs)
+        # loss- and noise-based pruning wait for the end of the warm-up (module docstring)
+        warmed = last or epoch + 1 >= self.no_kl_epochs + self.warmup_epochs
+        by_loss = evaluate is not None and warmed
         report = prune(
             self.model,
             self.prune_threshold,
@@ -560,6 +565,7 @@ class ARD:
             evaluate=evaluate if by_loss else None,
             tolerance=self.tolerance if by_loss else None,
             merge_restarts=MERGE_RESTARTS if last else 0,
+            by_noise=warmed,
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)

@@ -200,6 +200,7 @@ def prune(
     evaluate: Callable[[], float] | None = None,
     tolerance: float | None = None,
     merge_restarts: int = 0,
+    by_noise: bool = True,
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
@@ -248,6 +249,9 @@ def prune(
         Seeded random ALS starts a CP merge tries besides the largest components and the HOSVD start
         (small layers only, see :meth:`FactorizedTensor.merge_components_`); each costs one refit per
         layer that does not merge. :class:`ARD` asks for :data:`MERGE_RESTARTS` at its last pass.
+    by_noise
+        Whether, under SVI, a component whose mean is within its posterior spread is inactive too
+        (:meth:`FactorizedTensor.active_masks`). :class:`ARD` turns it off during its KL warm-up.
 
     Layers with ``method=None`` are left alone.
     """
@@ -270,7 +274,7 @@ def prune(
         t.regauge_(optimizer)
         if not distributed:  # a refit's accept/reject could differ across processes in its last bits
             t.merge_components_(threshold, optimizer, restarts=merge_restarts)
-    keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold)] for n, t in found}
+    keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold, by_noise=by_noise)] for n, t in found}
     if evaluate is not None:
         keep = _keep_within_loss(found, keep, evaluate, float(tolerance))
     if max_params is not None:

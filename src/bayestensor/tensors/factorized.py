@@ -407,7 +407,7 @@ class FactorizedTensor(nn.Module):
             out.append(c)
         return out
 
-    def active_masks(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> list[Tensor]:
+    def active_masks(self, threshold: float = DEFAULT_PRUNE_THRESHOLD, *, by_noise: bool = True) -> list[Tensor]:
         r"""Per bond, the active rank indices: ``c_r ≥ threshold · max_r c_r`` (:meth:`contributions`).
 
         The threshold is relative, hence scale-free; at least one index per bond (its largest) is kept.
@@ -419,12 +419,14 @@ class FactorizedTensor(nn.Module):
         keeps its mean from settling at zero, so under SVI such components can sit above
         ``threshold`` (0.2–2 % of the largest on surplus TT bonds of the planted sweep) while their
         means are within their spread (ratio 0.01–0.97 there, against ≥ 4.9 for the planted ones).
+        ``by_noise=False`` leaves that second rule out (:class:`~bayestensor.ARD` does during its KL
+        warm-up, when the spread is not yet the posterior's).
         """
         groups = self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks)
         masks = []
         for group, c in zip(groups, self.contributions(), strict=True):
             mask = c >= threshold * c.max()
-            if self.posterior.stochastic:
+            if by_noise and self.posterior.stochastic:
                 ratios = [self.posterior.signal_to_noise(list(self.factors), f, axis) for f, axis in group.members]
                 mask &= torch.stack(ratios).min(0).values.to(mask.device) >= MIN_SIGNAL_TO_NOISE
             mask[c.argmax()] = True
@@ -492,7 +494,10 @@ class FactorizedTensor(nn.Module):
         :meth:`~bayestensor.tensors.posteriors.Posterior.gauge_split` for the slices' entry counts
         (``1`` for a point mass; ``(m/n)^{±1/4}`` for a spread posterior, whose objective balances the
         second moment per entry: split by the point mass's rule, a Tucker SVI run's factor scales
-        grew pass after pass until the weight collapsed). The posterior follows the same linear map
+        grew pass after pass until the weight collapsed). A bond of rank ``r`` wider than one side's
+        unfolding (``m < r`` or ``n < r``, as after a neighbouring bond was pruned) holds at most
+        ``p = min(m, n, r)`` singular directions; its indices ``p..r-1`` become exactly zero, and
+        pruning removes them. The posterior follows the same linear map
         (:meth:`~bayestensor.tensors.posteriors.Posterior.rotate_`). Optimizer state of the rotated
         factors is reset.
         """
@@ -506,15 +511,15 @@ class FactorizedTensor(nn.Module):
             r = ga.shape[aa]
             a = ga.movedim(aa, -1).reshape(-1, r).to(dtype)  # (m, r)
             b = gb.movedim(ab, 0).reshape(r, -1).to(dtype)  # (r, n)
-            if a.shape[0] < r or b.shape[1] < r:
-                continue
-            _, ra = torch.linalg.qr(a)
-            _, rb = torch.linalg.qr(b.T)
-            u, s, vh = torch.linalg.svd(ra @ rb.T)
+            _, ra = torch.linalg.qr(a)  # (k, r), k = min(m, r)
+            _, rb = torch.linalg.qr(b.T)  # (l, r), l = min(n, r)
+            u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # p = min(k, l) singular values
             root = s.clamp_min(s.max() * 1e-12).sqrt()
             split_a, split_b = self.posterior.gauge_split([a.shape[0], b.shape[1]])
-            ta = torch.linalg.pinv(ra) @ (u * (root * split_a))  # (r, r)
-            tb = ((root * split_b)[:, None] * vh) @ torch.linalg.pinv(rb.T)  # (r, r)
+            ta = a.new_zeros(r, r)  # indices p.. of a bond wider than a side's unfolding carry nothing
+            tb = a.new_zeros(r, r)
+            ta[:, : len(s)] = torch.linalg.pinv(ra) @ (u * (root * split_a))  # (r, p)
+            tb[: len(s)] = ((root * split_b)[:, None] * vh) @ torch.linalg.pinv(rb.T)  # (p, r)
             new_a = (a @ ta).reshape(*ga.movedim(aa, -1).shape).movedim(-1, aa)
             new_b = (tb @ b).reshape(*gb.movedim(ab, 0).shape).movedim(0, ab)
             self.posterior.rotate_(fa, aa, ta, leading=False)
