@@ -69,7 +69,7 @@ class Posterior(nn.Module):
         r"""How a bond's rank components split their size over the bond's members, at the objective's optimum.
 
         A rank index ``r`` of a bond with members ``k = 1..n`` (slices of ``I_k`` entries each)
-        contributes ``c_r = Π_k ‖slice_r(G_k)‖`` to ``W``; rescaling the slices by ``t_k`` with
+        has the size ``c_r = Π_k ‖slice_r(G_k)‖`` over its members; rescaling the slices by ``t_k`` with
         ``Π_k t_k = 1`` leaves ``W`` (and every draw of a spread posterior, :meth:`rescale_`)
         unchanged but not the objective. With ``λ_r`` at its M-step ``M_r / D`` (a flat hyper-prior;
         the registered ones add ``O(1)`` to ``D``) the prior's part is ``(D/2) log Σ_k t_k² E_k``
