@@ -428,8 +428,9 @@ class FactorizedTensor(nn.Module):
         pruning rule of variational dropout (``log α = log σ²/μ² ≤ 0``). A component the data do not
         support keeps its posterior at about the prior's ``N(0, λ_r)``, and the noise of its draws
         keeps its mean from settling at zero, so under SVI such components can sit above
-        ``threshold`` (0.2–2 % of the largest on surplus TT bonds of the planted sweep) while their
-        means are within their spread (ratio 0.01–0.97 there, against ≥ 4.9 for the planted ones).
+        ``threshold`` (0.2–2 % of the largest on surplus TT bonds of the planted sweep, by the earlier
+        neighbour-product ``c_r``) while their means are within their spread (ratio 0.01–0.97 there,
+        against ≥ 4.9 for the planted ones).
         ``by_noise=False`` leaves that second rule out (:class:`~bayestensor.ARD` does during its KL
         warm-up, when the spread is not yet the posterior's).
         """
