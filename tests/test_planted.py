@@ -83,7 +83,7 @@ def test_random_planted_case_fits_without_collapse(seed, method):
 def test_random_planted_case_recovers_its_ranks_when_pruning_by_validation_loss(seed, method):
     """With a cosine lr, ARD's tolerance and ``end_epoch(evaluate=held-out NLL)`` the full target holds on the CI draws.
 
-    The fit holds and no bond ends more than 1 above its planted rank (``passed``), as on all 384 runs of the
+    The fit holds and no bond ends more than 1 above its planted rank (``passed``), as on all 480 runs of the
     README's sweeps. Seed 2001 under SVI ended at ranks ``[1, 4, 1]`` of planted ``[1, 2, 1]`` while the
     signal-to-noise rule also pruned during the KL warm-up (it cut the last bond to its planted rank one
     pass early); ARD now applies that rule only from the end of the warm-up.
