@@ -51,10 +51,8 @@ def is_tree(num_factors: int, groups: Sequence[RankGroup]) -> bool:
     return True
 
 
-def side_triangles(
-    factors: Sequence[Tensor], groups: Sequence[RankGroup], bonds: Sequence[int] | None = None
-) -> list[tuple[Tensor, Tensor]] | None:
-    """For each bond in ``bonds`` (all by default), ``(T_a, T_b)``: the QR triangles of its two sides.
+def side_triangles(factors: Sequence[Tensor], groups: Sequence[RankGroup]) -> list[tuple[Tensor, Tensor]] | None:
+    """For each bond, ``(T_a, T_b)``: the QR triangles of its two sides.
 
     ``T_a`` belongs to the side of the bond's first member, ``T_b`` to the second's; column ``r`` of
     either is rank index ``r`` of the bond. ``None`` when the network is not a tree (:func:`is_tree`;
@@ -78,9 +76,8 @@ def side_triangles(
             memo[(f, bond)] = torch.linalg.qr(g.movedim(axis, -1).reshape(-1, g.shape[axis]), mode="r").R
         return memo[(f, bond)]
 
-    chosen = range(len(groups)) if bonds is None else bonds
     out = []
-    for b in chosen:
-        (fa, aa), (fb, ab) = groups[b].members
+    for b, g in enumerate(groups):
+        (fa, aa), (fb, ab) = g.members
         out.append((side(fa, aa, b), side(fb, ab, b)))
     return out
