@@ -419,6 +419,52 @@ def test_scale_floor_is_the_fixed_prior_above_it_and_scale_free_below(fmt, prior
         assert floored.prior_loss() > before
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("prior", bt.available_priors())
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_m_step_memo_of_the_scale_floor_changes_neither_value_nor_gradient(fmt, prior, method, monkeypatch):
+    # above its floor the M-step notes it, and the loss at the same parameters skips W's norm: the clamp is
+    # inactive there, so the value and every gradient are those of the full computation, bit for bit
+    import bayestensor.tensors.factorized as factorized
+
+    calls = []
+    norm = factorized.squared_norm
+    monkeypatch.setattr(factorized, "squared_norm", lambda *a: calls.append(1) or norm(*a))
+    phi = 0.1
+    torch.manual_seed(0)
+    t = tensor(fmt, method, prior=prior, prior_kwargs={"scale_floor": phi})
+    params = list(t.parameters())
+
+    def loss_and_grads():
+        loss = t.prior_loss()
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    def assert_same(a, b):
+        assert torch.equal(a[0], b[0])
+        for x, y in zip(a[1], b[1], strict=True):
+            assert (x is None and y is None) or torch.equal(x, y)
+
+    n = len(t.factors)
+    for scale, above in ((1.0, True), ((0.5 * phi) ** (1.0 / n), False)):  # at the start; W at φ/2 of it
+        _scale_(t, scale)
+        t.update_rank_variances_()
+        assert t._known_above_floor() is above
+        calls.clear()
+        fast = loss_and_grads()
+        assert len(calls) == (0 if above else 1)
+        t._above_floor = None  # the full computation at the same parameters and λ
+        assert_same(fast, loss_and_grads())
+    # a memo of other parameters is not used: an in-place update invalidates it
+    _scale_(t, 1.0 / scale)
+    t.update_rank_variances_()
+    assert t._known_above_floor()
+    with torch.no_grad():
+        t.factors[0].mul_(1.5)
+    calls.clear()
+    t.prior_loss()
+    assert not t._known_above_floor() and len(calls) == 1
+
+
 @pytest.mark.parametrize("prior_kwargs", [{"scale_floor": 0}, {"scale_free": 1}, {"scale_floor": 0.3}, {}])
 def test_scale_free_prior_keeps_a_layer_that_batch_norm_follows(prior_kwargs):
     """Batch norm makes the loss blind to the layer's scale; the fixed-scale prior then shrinks it without end."""

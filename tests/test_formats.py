@@ -8,7 +8,8 @@ import torch
 import bayestensor as bt
 from _oracle import ORACLES, tensorly_full
 from bayestensor.formats import TensorFormat, get_format
-from bayestensor.functional import reconstruct_matrix, squared_norm
+from bayestensor.functional import plan_contraction, reconstruct_matrix, run_steps, squared_norm
+from bayestensor.functional.reconstruction import reconstruction
 
 # (out_shape, in_shape, max_rank) cases; paired formats (TTM) use only equal-length cases
 CASES = [((2, 3, 4), (3, 2, 2), 3), ((4, 4), (2, 5), 2), ((5,), (3,), 2), ((2, 3), (4, 1), [1, 2])]
@@ -129,3 +130,40 @@ def test_squared_norm_equals_that_of_the_reconstruction(name, out_s, in_s, rank)
     ranks, factors = random_factors(fmt, out_s, in_s, rank)
     full = reconstruct_matrix(name, factors, out_s, in_s, tuple(ranks))
     torch.testing.assert_close(squared_norm(name, factors, out_s, in_s, tuple(ranks)), full.square().sum())
+
+
+@pytest.mark.parametrize("name,out_s,in_s,rank", ALL)
+def test_reconstruction_is_planned_as_pairwise_steps_only_and_differentiates_exactly(name, out_s, in_s, rank):
+    # a boundary rank of size 1 (TT, TTM) is squeezed by the step that takes its core, not summed in a step of its own
+    fmt = get_format(name)
+    ranks, factors = random_factors(fmt, out_s, in_s, rank)
+    steps, _ = reconstruction(name, out_s, in_s, tuple(ranks))
+    if len(factors) > 1:
+        assert len(steps) == len(factors) - 1 and all(len(inds) == 2 for inds, _, _ in steps), steps
+    leaves = [f.clone().requires_grad_() for f in factors]
+    torch.autograd.gradcheck(lambda *fs: run_steps(steps, fs), leaves)
+
+
+# (terms, output, sizes): plain chain; size-1 boundary indices x, y of one term each; a term of size-1 lone
+# indices only (kept, summed on its own); a private index of size 3 (summed, not squeezed); a lone index of
+# the output (kept)
+PLANS = [
+    (["ab", "bc", "cd"], "ad", {"a": 2, "b": 3, "c": 4, "d": 2}),
+    (["xab", "bcy", "cd"], "ad", {"x": 1, "y": 1, "a": 2, "b": 3, "c": 4, "d": 2}),
+    (["x", "ab", "bc"], "ac", {"x": 1, "a": 2, "b": 3, "c": 4}),
+    (["zab", "bc", "cd"], "ad", {"z": 3, "a": 2, "b": 3, "c": 4, "d": 2}),
+    (["xab", "bc"], "xac", {"x": 1, "a": 2, "b": 3, "c": 4}),
+]
+
+
+@pytest.mark.parametrize("terms,output,sizes", PLANS)
+def test_planned_contraction_equals_einsum_in_value_and_gradient(terms, output, sizes):
+    torch.manual_seed(0)
+    ops = [torch.randn([sizes[c] for c in t], dtype=torch.float64, requires_grad=True) for t in terms]
+    steps, _, _ = plan_contraction(terms, output, sizes)
+    lone = [c for c in sizes if sizes[c] == 1 and c not in output and sum(c in t for t in terms) == 1]
+    if any(c in t and set(t) - set(lone) for c in lone for t in terms):  # squeezed, not summed on its own
+        assert len(steps) == len(terms) - 1
+    expected = torch.einsum(",".join(terms) + "->" + output, *ops)
+    torch.testing.assert_close(run_steps(steps, ops), expected, rtol=1e-12, atol=1e-12)
+    torch.autograd.gradcheck(lambda *xs: run_steps(steps, xs), ops)

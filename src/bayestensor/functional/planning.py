@@ -9,6 +9,7 @@ constant and the traced graph holds only the einsum calls.
 
 from __future__ import annotations
 
+import collections
 import math
 import string
 from collections.abc import Sequence
@@ -22,8 +23,9 @@ from ..formats import Network
 #: Index letter reserved for the (flattened) batch dimension.
 BATCH = "b"
 
-#: Planned pairwise steps: the positions of each step's operands in the current operand list, and its equation.
-Steps = tuple[tuple[tuple[int, ...], str], ...]
+#: Planned pairwise steps: the positions of each step's operands in the current operand list, its equation, and
+#: per operand the size-1 dims squeezed out of it first.
+Steps = tuple[tuple[tuple[int, ...], str, tuple[tuple[int, ...], ...]], ...]
 
 
 def batch_bucket(batch: int) -> int:
@@ -51,13 +53,24 @@ def plan_contraction(
     TTM weight (``benchmarks/linear_ab.py``).
 
     Returns the pairwise steps (the positions of the step's operands in the current operand
-    list, in argument order, then the step's equation; see :func:`run_steps`), the planned FLOP
-    count, and the input terms of every step.
+    list, in argument order, the step's equation and the size-1 dims squeezed out of each operand
+    first; see :func:`run_steps`), the planned FLOP count, and the input terms of every step.
     """
-    eq = ",".join(inputs) + "->" + output
-    shapes = [tuple(sizes[c] for c in term) for term in inputs]
     if len(inputs) == 1:
-        return (((0,), f"{inputs[0]}->{output}"),), float(math.prod(shapes[0])), [(inputs[0],)]
+        return (((0,), f"{inputs[0]}->{output}", ((),)),), float(math.prod(sizes[c] for c in inputs[0])), [(inputs[0],)]
+    # A size-1 index of one term only (a TT core's boundary rank) is squeezed out of its operand by the step
+    # that takes it. opt_einsum would sum it out in a step of its own (a further einsum call and autograd
+    # node), and torch.einsum, given it, lays the step's result out with it in the middle, whose copy into
+    # the next layout (the reconstructed W, a TTM layer's gradient) costs up to 1.5x as much fwd+bwd.
+    seen = collections.Counter(c for term in inputs for c in set(term))
+    lone = {c for c, n in seen.items() if n == 1 and sizes[c] == 1 and c not in output}
+    lone -= {c for t in inputs if set(t) <= lone for c in t}  # a term of lone indices only keeps them
+
+    def strip(term: str) -> str:
+        return "".join(c for c in term if c not in lone)
+
+    eq = ",".join(map(strip, inputs)) + "->" + output
+    shapes = [tuple(sizes[c] for c in strip(t)) for t in inputs]
     optimize = "dp" if len(inputs) > 2 else "optimal"
     _, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=optimize)
     rank = {c: k for k, c in enumerate(dict.fromkeys(output + "".join(inputs)))}
@@ -74,7 +87,8 @@ def plan_contraction(
             # the operand carrying the innermost result index goes right, so that torch.einsum's
             # GEMM writes that index contiguously and the final permute keeps it innermost
             inds, popped = inds[::-1], popped[::-1]
-        steps.append((inds, ",".join(popped) + "->" + result))
+        squeeze = tuple(tuple(i for i, c in enumerate(t) if c in lone) for t in popped)
+        steps.append((inds, ",".join(map(strip, popped)) + "->" + result, squeeze))
         terms.append(tuple(popped))
         current.append(result)
     return tuple(steps), float(info.opt_cost), terms
@@ -83,12 +97,13 @@ def plan_contraction(
 def run_steps(steps: Steps, operands: Sequence[Tensor]) -> Tensor:
     """Execute planned pairwise einsum steps.
 
-    Each step names the positions of its operands in the current list, in argument order; they
-    are removed and the step's result is appended.
+    Each step names the positions of its operands in the current list, in argument order (they
+    are removed and the step's result is appended), its equation, and per operand the size-1
+    dims to squeeze out before it (see :func:`plan_contraction`).
     """
     ops = list(operands)
-    for inds, eq in steps:
-        args = [ops[i] for i in inds]
+    for inds, eq, squeeze in steps:
+        args = [ops[i].squeeze(dims) if dims else ops[i] for i, dims in zip(inds, squeeze, strict=True)]
         for i in sorted(inds, reverse=True):
             del ops[i]
         ops.append(torch.einsum(eq, *args))

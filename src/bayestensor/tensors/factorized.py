@@ -283,26 +283,46 @@ class FactorizedTensor(nn.Module):
         else:
             self.register_buffer("prior_reference", value)
 
-    def _prior_statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s) and, scale-free, ``log(ε/ε_0)``.
+    def _floor_key(self) -> tuple[int, ...]:
+        """What the scale floor's ratio depends on: the factors' identities and versions, and the floor's buffers."""
+        return self._versions() + (self.prior_reference._version, self.prior.scale_floor._version)
+
+    def _known_above_floor(self) -> bool:
+        """Whether the last M-step found ``w̄² > φ² w̄_0²`` at exactly these parameters (eager, CPU only).
+
+        Then ``ρ = 1`` and ``∂ρ/∂W = 0`` (the clamp is inactive), so :meth:`_prior_statistics`
+        returns the same value and gradient without contracting ``‖W‖`` again. The memo is
+        written only by :meth:`update_rank_variances_`, never by evaluating the loss.
+        """
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return False  # checked first: a traced read of the memo would guard on it and recompile as it moves
+        memo = getattr(self, "_above_floor", None)
+        return memo is not None and memo == self._floor_key()
+
+    def _prior_statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``M``, ``D`` (:meth:`flat_rank_statistics` in ``dtype``, ``λ``'s), scale-free ``log(ε/ε_0)``, floor ratio.
 
         With a scale-free prior ``M`` is rescaled to ``M / ρ``, ``ρ = ε / ε_0``, and the log ratio
         is returned for the entropy's correction; with a scale floor ``φ`` to ``M / ρ``,
         ``ρ = min(1, w̄² / (φ² w̄_0²))^{1/F}`` (``w̄²`` the mean square weight of the posterior mean,
-        ``F`` factors), and the log ratio is ``None``, as it is without either.
+        ``F`` factors), and the log ratio is ``None``, as it is without either. The last item is
+        ``w̄² / (φ² w̄_0²)`` where it was computed (``None`` without a floor, or when
+        :meth:`_known_above_floor` made computing it unnecessary).
         """
         energy, count = (s.to(dtype) for s in self.flat_rank_statistics())
         if not self.scale_relative:
-            return energy, count, None
+            return energy, count, None, None
         if self.scale_free:
             ratio = self._mean_energy(energy, count) / self.prior_reference.to(dtype)
-            return energy / ratio, count, ratio.log()
+            return energy / ratio, count, ratio.log(), None
+        if self._known_above_floor():
+            return energy, count, None, None
         # fixed-scale above the floor, scale-free below it; the gradient goes through W's norm itself (through the
         # factors' mean energy instead, the prior can still shrink W along directions that keep that energy)
         tiny = torch.finfo(dtype).tiny  # a layer that started (or is) all zero: no NaN, the floor has no effect
         floor = (self.prior.scale_floor.to(dtype) ** 2 * self.prior_reference.to(dtype)).clamp_min(tiny)
         below = self._mean_square_weight(dtype) / floor
-        return energy / below.clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors)), count, None
+        return energy / below.clamp(min=tiny, max=1.0) ** (1.0 / len(self.factors)), count, None, below
 
     def prior_loss(self) -> Tensor:
         r"""``−log p(W, λ)`` (MAP) or ``KL(q ‖ p(W | λ)) − log p(λ)`` (SVI), in nats; all bonds in one expression.
@@ -339,7 +359,7 @@ class FactorizedTensor(nn.Module):
         if self.method is None:
             return self.factors[0].new_zeros(())
         lam = torch.cat(self.rank_variances())
-        energy, count, log_ratio = self._prior_statistics(lam.dtype)
+        energy, count, log_ratio, _ = self._prior_statistics(lam.dtype)
         total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
         if log_ratio is not None:
             spread = sum(p.numel() for plist in self.posterior.factor_parameters() for p in plist)
@@ -376,20 +396,32 @@ class FactorizedTensor(nn.Module):
         A pure function of the factors and ``λ`` (``rank_update="em"`` only), so it also runs
         under ``torch.func.vmap`` over the particles of an ensemble.
         """
+        return self._rank_variance_update()[0]
+
+    def _rank_variance_update(self) -> tuple[list[Tensor], Tensor | None]:
+        """:meth:`rank_variance_update` and the scale floor's ratio it computed on the way (or ``None``)."""
         lam = torch.cat(self.rank_variances())
-        energy, count, _ = self._prior_statistics(lam.dtype)
+        energy, count, _, below = self._prior_statistics(lam.dtype)
         target = self.prior.map_update(energy, count)
         new = ((1.0 - self.em_step) * lam + self.em_step * target).clamp_min(torch.finfo(lam.dtype).tiny ** 0.5)
-        return list(new.split(self.ranks))
+        return list(new.split(self.ranks)), below
 
     @torch.no_grad()
     def update_rank_variances_(self) -> None:
-        """Closed-form M-step ``λ ← (1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``."""
+        """Closed-form M-step ``λ ← (1−ρ) λ + ρ argmax_λ``, from the current ``E_q[w²]``.
+
+        It also notes whether the layer is above its scale floor at these parameters
+        (:meth:`_known_above_floor`; on CPU, where reading the ratio costs no device sync).
+        """
         if self.method is None or self.rank_update != "em":
             return
         self._lambda_versions = self._versions()
-        for lam, new in zip(self.rank_variances(), self.rank_variance_update(), strict=True):
-            lam.copy_(new)
+        new, below = self._rank_variance_update()
+        for lam, value in zip(self.rank_variances(), new, strict=True):
+            lam.copy_(value)
+        if below is not None:  # a margin over 1: the loss's own ratio may differ from this one by rounding
+            clear = below.device.type == "cpu" and below.numel() == 1 and float(below) > 1.0 + 1e-6
+            self._above_floor = self._floor_key() if clear else None
 
     # ------------------------------------------------------------------ pruning
     @torch.no_grad()
