@@ -283,9 +283,10 @@ class FactorizedTensor(nn.Module):
         else:
             self.register_buffer("prior_reference", value)
 
-    def _floor_key(self) -> tuple[int, ...]:
-        """What the scale floor's ratio depends on: the factors' identities and versions, and the floor's buffers."""
-        return self._versions() + (self.prior_reference._version, self.prior.scale_floor._version)
+    def _floor_key(self, versions: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """What the floor's ratio depends on: the factors' :meth:`_versions` (unless given) and the floor's buffers."""
+        versions = self._versions() if versions is None else versions
+        return versions + (self.prior_reference._version, self.prior.scale_floor._version)
 
     def _known_above_floor(self) -> bool:
         """Whether the last M-step found ``w̄² > φ² w̄_0²`` at exactly these parameters (eager, CPU only).
@@ -368,7 +369,10 @@ class FactorizedTensor(nn.Module):
 
     def _versions(self) -> tuple[int, ...]:
         """Version counters of the factors and posterior parameters: they change with every in-place update."""
-        params = list(self.factors) + [p for plist in self.posterior.factor_parameters() for p in plist]
+        # read from the lists' parameter dicts: a ParameterList's own iteration costs ~20x as much, and this runs
+        # several times per training step
+        lists = (self.factors, *self.posterior.factor_parameters())
+        params = [p for plist in lists for p in plist._parameters.values()]
         return tuple(id(p) for p in params) + tuple(p._version for p in params)
 
     def rank_variances_are_current(self) -> bool:
@@ -415,13 +419,13 @@ class FactorizedTensor(nn.Module):
         """
         if self.method is None or self.rank_update != "em":
             return
-        self._lambda_versions = self._versions()
+        self._lambda_versions = versions = self._versions()
         new, below = self._rank_variance_update()
         for lam, value in zip(self.rank_variances(), new, strict=True):
             lam.copy_(value)
         if below is not None:  # a margin over 1: the loss's own ratio may differ from this one by rounding
             clear = below.device.type == "cpu" and below.numel() == 1 and float(below) > 1.0 + 1e-6
-            self._above_floor = self._floor_key() if clear else None
+            self._above_floor = self._floor_key(versions) if clear else None
 
     # ------------------------------------------------------------------ pruning
     @torch.no_grad()
