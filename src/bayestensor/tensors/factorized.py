@@ -420,6 +420,7 @@ class FactorizedTensor(nn.Module):
         if self.method is None or self.rank_update != "em":
             return
         self._lambda_versions = versions = self._versions()
+        self._above_floor = None  # the previous step's: computing the ratio afresh is what this step is for
         new, below = self._rank_variance_update()
         for lam, value in zip(self.rank_variances(), new, strict=True):
             lam.copy_(value)
