@@ -4,6 +4,7 @@ from .constant import assume_constant_result
 from .contraction import factorized_linear
 from .conv_plan import ConvSplit, ConvSteps, conv_plan, conv_plan_constant
 from .cost_model import EinsumPlan, LinearPlan, TwoStage, linear_plan
+from .layout import grad_in_own_format
 from .planning import batch_bucket, index_symbols, plan_contraction, run_steps
 from .precision import cast_all, compute_dtype
 from .reconstruction import reconstruct_matrix, squared_norm
@@ -25,6 +26,7 @@ __all__ = [
     "embedding_plan",
     "factorized_linear",
     "gather_rows",
+    "grad_in_own_format",
     "index_symbols",
     "linear_plan",
     "plan_contraction",

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import RankSpec, get_format, tensorized_shape
-from ..functional import cast_all, compute_dtype, conv_plan_constant, reconstruct_matrix, run_steps
+from ..functional import cast_all, compute_dtype, conv_plan_constant, grad_in_own_format, reconstruct_matrix, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 from ..tensors.module import tensor_export_kwargs
 from ._from_dense import factory_kwargs, padded, start_from_dense
@@ -272,6 +272,8 @@ class TensorizedConv2d(TensorizedModule):
         n_pad = math.prod(self.in_shape) - self.in_channels
         if n_pad:
             x = F.pad(x, (0, 0, 0, 0, 0, n_pad))  # zero channels meet never-used kernel entries
+        # the einsum's backward would hand x's gradient back channels-innermost; nn.Conv2d returns it in x's format
+        x = grad_in_own_format(x)
         xt = x.reshape(batch, *self.in_shape, height * width)  # (B, n_1..n_d, P_in)
         if plan.p:
             sp = run_steps(plan.p_steps, [factors[f] for f in plan.p])  # super-factor of group P
