@@ -1,10 +1,11 @@
 """The gradient of an input handed back in the input's own memory format, as ``nn.Conv2d`` hands it back.
 
-A factorized convolution contracts the input's channel modes with an einsum, whose backward returns
-the input's gradient as a permuted view: channels innermost, ``(B, C, H, W)`` with strides of
-``channels_last``. The layer before it (a max pool, a ReLU, a dense convolution) then works on a
-gradient whose layout differs from its own input's, and a max pool's backward copies its whole,
-4× larger, input to match. In a LeNet-style net (TT conv 32→64 after a 2×2 max pool) that copy cost
+A factorized convolution contracts the input's channel modes with an einsum. Its output comes out
+channels innermost, so a ReLU or max pool after it hands the gradient back laid out so, and the
+einsum's backward then returns the input's gradient as a permuted view with the strides of
+``channels_last``. The layer before it (a max pool, a ReLU, a dense convolution) works on a gradient
+whose layout differs from its own input's, and a max pool's backward copies its whole, 4× larger,
+input to match. In a LeNet-style net (TT conv 32→64 after a 2×2 max pool) that copy cost
 about 15 % of a training step, against one copy of the smaller gradient here
 (``python benchmarks/train_step.py --model cnn``).
 """
