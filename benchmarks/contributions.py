@@ -9,11 +9,15 @@ the median of the per-round ratios.
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-import bayestensor as bt
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_samples, paired_ratios  # noqa: E402
+
+import bayestensor as bt  # noqa: E402
 
 
 def main() -> None:
@@ -26,20 +30,15 @@ def main() -> None:
     for fmt in bt.available_formats():
         layer = bt.TensorizedLinear(3136, 512, format=fmt, method="map")
         x = torch.randn(args.batch, 3136)
-        layer.weight.contributions()
-        layer(x).sum().backward()
-        ours, step = [], []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            layer.weight.contributions()
-            ours.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            layer(x).sum().backward()
-            step.append(time.perf_counter() - t0)
-        ratio = statistics.median(a / b for a, b in zip(ours, step, strict=True))
+        cases = {
+            "contributions": layer.weight.contributions,
+            "fwd+bwd": lambda layer=layer, x=x: layer(x).sum().backward(),
+        }
+        samples = interleaved_samples(cases, rounds=args.rounds, inner=1, warmup=1)
+        ratio = paired_ratios(samples, "fwd+bwd")["contributions"]
+        ours, step = (statistics.median(samples[k]) * 1e3 for k in cases)
         print(
-            f"{fmt:6s} ranks={layer.weight.ranks} contributions {statistics.median(ours) * 1e3:.2f} ms, "
-            f"fwd+bwd {statistics.median(step) * 1e3:.2f} ms, ratio {ratio:.2f}"
+            f"{fmt:6s} ranks={layer.weight.ranks} contributions {ours:.2f} ms, fwd+bwd {step:.2f} ms, ratio {ratio:.2f}"
         )
 
 
