@@ -15,6 +15,8 @@ Every case is timed interleaved with the others round by round; the table gives 
 rounds of each case's time over the dense step's time in the same round. A last row per model
 times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a MAP step; the MAP
 step and the prior term are also timed with the default scale floor off (``scale_floor=0``), its cost.
+On the CNN a MAP step is also timed with the TT convolution handing its input's gradient back as its
+channel einsum returns it (channels innermost), the cost of not restoring the input's layout.
 
 ``--compile`` adds the dense, MAP and SVI steps with their forward objective under
 ``torch.compile(fullgraph=True, dynamic=False)`` (default inductor backend; backward is the
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_samples, paired_ratios, print_table  # noqa: E402
 
 import bayestensor as bt  # noqa: E402
+from bayestensor.layers import conv as conv_layer  # noqa: E402
 
 NUM_DATA = 60_000
 
@@ -102,6 +105,23 @@ def prior_fn(model: nn.Module):
     return step
 
 
+def einsum_layout_fn(step):
+    """``step`` with factorized convolutions handing the input's gradient back as their einsum returns it.
+
+    The cost of the layout this build hands it back in (:func:`bayestensor.functional.grad_in_own_format`).
+    """
+
+    def run_step() -> None:
+        kept = conv_layer.grad_in_own_format
+        conv_layer.grad_in_own_format = lambda x: x
+        try:
+            step()
+        finally:
+            conv_layer.grad_in_own_format = kept
+
+    return run_step
+
+
 def run(name: str, args: argparse.Namespace) -> None:
     x = torch.randn(args.batch, 1, 28, 28, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
@@ -116,6 +136,11 @@ def run(name: str, args: argparse.Namespace) -> None:
             off = build(name, method, args.device, prior_kwargs={"scale_floor": 0})  # the default floor's cost
             cases["MAP, scale floor off"] = step_fn(off, x, y, bayes=True)
             cases["MAP prior term only, scale floor off"] = prior_fn(off)
+            if name == "cnn":
+                twin = build(name, method, args.device)
+                cases["MAP, conv input gradient as the einsum returns it"] = einsum_layout_fn(
+                    step_fn(twin, x, y, bayes=True)
+                )
     if args.compile:
         for method in ("dense", "map", "svi"):
             model = build(name, method, args.device)

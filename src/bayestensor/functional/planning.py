@@ -61,7 +61,8 @@ def plan_contraction(
     # A size-1 index of one term only (a TT core's boundary rank) is squeezed out of its operand by the step
     # that takes it. opt_einsum would sum it out in a step of its own (a further einsum call and autograd
     # node), and torch.einsum, given it, lays the step's result out with it in the middle, whose copy into
-    # the next layout (the reconstructed W, a TTM layer's gradient) costs up to 1.5x as much fwd+bwd.
+    # the next layout (the reconstructed W, its gradient) made a TTM rank-4 reconstruction's fwd+bwd take
+    # 1.33x as long (benchmarks/linear_ab.py).
     seen = collections.Counter(c for term in inputs for c in set(term))
     lone = {c for c, n in seen.items() if n == 1 and sizes[c] == 1 and c not in output}
     lone -= {c for t in inputs if set(t) <= lone for c in t}  # a term of lone indices only keeps them
