@@ -264,3 +264,41 @@ def test_our_constant_marker_matches_torch_compilers_and_import_skips_dynamo():
     assert vars(ours) == vars(theirs) and vars(ours)
     code = "import sys, bayestensor; print('torch._dynamo' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fmt", bt.available_formats())
+def test_plan_caches_stay_bounded_and_replan_what_they_dropped(fmt, monkeypatch):
+    """Pruning adds plans for new ranks while the old ones are never read again: each cache keeps at most
+    ``MAX_PLANS`` entries (oldest dropped first), and a layer whose plans were dropped plans them again and computes
+    the same outputs and prior term."""
+    import importlib
+
+    load = importlib.import_module  # the modules themselves (``functional.conv_plan`` is also a function's name)
+    plan_cache = load("bayestensor.functional.plan_cache")
+    caches = {
+        (load(f"bayestensor.{path}"), name)
+        for path, name in [
+            ("functional.cost_model", "_PLAN_CACHE"),
+            ("functional.reconstruction", "_RECON_CACHE"),
+            ("functional.reconstruction", "_NORM_CACHE"),
+            ("functional.conv_plan", "_CONV_PLANS"),
+            ("functional.conv_plan", "_CONV_CONSTANTS"),
+            ("functional.rows", "_EMB_PLANS"),
+            ("tensors.statistics", "_LAYOUTS"),
+            ("tensors.statistics", "_ON_DEVICE"),
+        ]
+    }
+    for module, name in caches:
+        monkeypatch.setattr(module, name, {})
+    monkeypatch.setattr(plan_cache, "MAX_PLANS", 3)
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, dtype=torch.float64)
+    shape = dict(in_shape=(4, 4), out_shape=(4, 4), method="map", bias=False, dtype=torch.float64)
+    layers = [bt.TensorizedLinear(16, 16, format=fmt, max_rank=r, **shape) for r in (1, 2, 3, 4, 5)]
+    first = [(layer(x), bt.prior_loss(layer)) for layer in layers]
+    assert all(0 < len(getattr(module, name)) <= 3 for module, name in caches if name in {"_PLAN_CACHE", "_LAYOUTS"})
+    assert all(len(getattr(module, name)) <= 3 for module, name in caches)
+    for layer, (y, prior) in zip(layers, first, strict=True):  # the first layers' plans were dropped: planned again
+        torch.testing.assert_close(layer(x), x @ layer.weight.to_matrix().T, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer(x), y, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bt.prior_loss(layer), prior, rtol=1e-12, atol=1e-12)

@@ -5,6 +5,7 @@ from .contraction import factorized_linear
 from .conv_plan import ConvSplit, ConvSteps, conv_plan, conv_plan_constant
 from .cost_model import EinsumPlan, LinearPlan, TwoStage, linear_plan
 from .layout import grad_in_own_format
+from .plan_cache import MAX_PLANS, remember
 from .planning import batch_bucket, index_symbols, plan_contraction, run_steps
 from .precision import cast_all, compute_dtype
 from .reconstruction import reconstruct_matrix, squared_norm
@@ -29,9 +30,11 @@ __all__ = [
     "grad_in_own_format",
     "index_symbols",
     "linear_plan",
+    "MAX_PLANS",
     "plan_contraction",
     "reconstruct_matrix",
     "register_row_kernel",
+    "remember",
     "run_steps",
     "squared_norm",
 ]

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from ..formats import get_format
 from .constant import assume_constant_result
+from .plan_cache import remember
 from .planning import Steps, batch_bucket, index_symbols, plan_contraction
 
 #: Cost, in FLOP equivalents, of reading or writing one activation element (memory-bound steps).
@@ -164,8 +165,7 @@ def conv_plan(
     if best is not None:
         costs["factorized"] = best.cost
     result = (min(costs, key=costs.__getitem__), costs, best)
-    _CONV_PLANS[key] = result
-    return result
+    return remember(_CONV_PLANS, key, result)
 
 
 @assume_constant_result
@@ -198,8 +198,7 @@ def conv_plan_constant(
         s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
         steps = (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3)
         result = ("factorized", ConvSteps(*steps, split.sizes, split.v_modes))
-    _CONV_CONSTANTS[key] = result
-    return result
+    return remember(_CONV_CONSTANTS, key, result)
 
 
 _CONV_CONSTANTS: dict[tuple, tuple[str, ConvSteps | None]] = {}

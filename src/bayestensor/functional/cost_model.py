@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from ..formats import Network, get_format
 from .constant import assume_constant_result
+from .plan_cache import remember
 from .planning import BATCH, Steps, batch_bucket, linear_terms, plan_contraction
 from .reconstruction import reconstruction
 
@@ -227,8 +228,7 @@ def linear_plan(
     if two is not None:
         costs["two_stage"] = two[1] * TWO_STAGE_PENALTY
     plan = LinearPlan(min(costs, key=costs.__getitem__), costs, steps, recompute, two[0] if two else None)
-    _PLAN_CACHE[key] = plan
-    return plan
+    return remember(_PLAN_CACHE, key, plan)
 
 
 @assume_constant_result

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..formats import get_format
 from .constant import assume_constant_result
+from .plan_cache import remember
 from .planning import Steps, index_symbols, linear_terms, plan_contraction, run_steps
 
 _RECON_CACHE: dict[tuple, tuple[Steps, float]] = {}
@@ -24,7 +25,7 @@ def reconstruction(
         sym, factors, _, out_modes, in_modes = linear_terms(network)
         sizes = {sym[k]: v for k, v in network.sizes.items()}
         steps, flops, _ = plan_contraction(factors, out_modes + in_modes, sizes)
-        _RECON_CACHE[key] = (steps, flops)
+        remember(_RECON_CACHE, key, (steps, flops))
     return _RECON_CACHE[key]
 
 
@@ -66,5 +67,5 @@ def squared_norm(
         sizes = {sym[n]: v for n, v in network.sizes.items()} | {sym[p]: network.sizes[n] for n, p in primed.items()}
         terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
         copies = ["".join(sym[primed.get(i, i)] for i in idx) for idx in network.factor_indices]
-        _NORM_CACHE[key] = plan_contraction(terms + copies, "", sizes)[0]
+        remember(_NORM_CACHE, key, plan_contraction(terms + copies, "", sizes)[0])
     return run_steps(_NORM_CACHE[key], [*factors, *factors])

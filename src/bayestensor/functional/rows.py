@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..formats import get_format
 from .constant import assume_constant_result
+from .plan_cache import remember
 from .planning import batch_bucket, index_symbols, plan_contraction, run_steps
 
 #: ``kernel(row_shape, factors, digits, n) -> (n, prod(col_shape))``
@@ -66,8 +67,7 @@ def _embedding_plan(
             terms.append(rest)
     steps, _, _ = plan_contraction(terms, "b" + "".join(sym[n] for n in network.in_indices), sizes)
     plan = (tuple(gathers), steps)
-    _EMB_PLANS[key] = plan
-    return plan
+    return remember(_EMB_PLANS, key, plan)
 
 
 @assume_constant_result

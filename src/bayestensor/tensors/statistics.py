@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..formats import Shape, get_format
-from ..functional import assume_constant_result
+from ..functional import assume_constant_result, remember
 
 
 class StatisticsLayout(NamedTuple):
@@ -44,7 +44,7 @@ def slice_sums(t: Tensor, axis: int) -> Tensor:
 
 
 _LAYOUTS: dict[tuple, StatisticsLayout] = {}
-_ON_DEVICE: dict[tuple, tuple[Tensor, Tensor]] = {}
+_ON_DEVICE: dict[tuple, tuple[StatisticsLayout, Tensor, Tensor]] = {}
 
 
 @assume_constant_result
@@ -64,7 +64,7 @@ def statistics_layout(fmt: str, out_shape: Shape, in_shape: Shape, ranks: tuple[
                 per_slice = math.prod(shapes[f]) // shapes[f][axis]
                 for r in range(ranks[b]):
                     counts[offsets[b] + r] += per_slice
-        _LAYOUTS[key] = StatisticsLayout(tuple(members), tuple(index), tuple(counts), tuple(ranks))
+        remember(_LAYOUTS, key, StatisticsLayout(tuple(members), tuple(index), tuple(counts), tuple(ranks)))
     return _LAYOUTS[key]
 
 
@@ -78,9 +78,10 @@ def _index_and_counts(layout: StatisticsLayout, device: torch.device, dtype: tor
     if torch.compiler.is_compiling():  # constants of the traced graph
         return build()
     key = (id(layout), device, dtype)
-    if key not in _ON_DEVICE:
-        _ON_DEVICE[key] = build()
-    return _ON_DEVICE[key]
+    entry = _ON_DEVICE.get(key)
+    if entry is None or entry[0] is not layout:  # the entry holds its layout, so the id is not reused while it lives
+        entry = remember(_ON_DEVICE, key, (layout, *build()))
+    return entry[1], entry[2]
 
 
 def rank_energies(layout: StatisticsLayout, second: list[Tensor]) -> tuple[Tensor, Tensor]:
