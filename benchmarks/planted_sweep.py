@@ -1,9 +1,11 @@
 """Planted-rank sweep: ARD on randomly drawn shapes, planted ranks and seeds, every format x MAP/SVI.
 
 python benchmarks/planted_sweep.py [--cases 24] [--first-seed 1000] [--methods map,svi] [--tolerance T]
-                                   [--lr-schedule cosine|constant]
+                                   [--lr-schedule cosine|constant] [--formats cp,tt,...]
 
-Case k uses seed first_seed + k; the format cycles over the registry with the seed. Prints one line per
+Case k uses seed first_seed + k; the format cycles over the registry with the seed. With ``--formats``
+only draws of those formats run: the seeds from first_seed on whose draw has another format are
+skipped, and ``--cases`` counts the cases that run. Prints one line per
 case and a pass count; a case passes when the relative test error is < 0.1 and no bond ends more than
 1 above its planted rank (bayestensor.experiments.planted). ``--tolerance`` trains with ARD's loss tolerance
 and prunes by the held-out validation loss (``fit_planted(..., tolerance=T)``).
@@ -15,11 +17,13 @@ that end at exactly those.
 """
 
 import argparse
+import itertools
 import math
 import time
 
 import torch
 
+from bayestensor import available_formats
 from bayestensor.data import PlantedCase, draw_planted_case, planted_teacher
 from bayestensor.experiments.planted import fit_planted
 
@@ -54,11 +58,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--tolerance", type=float, default=None)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--formats", default=None, help="comma-separated formats to keep (default: every format)")
     args = p.parse_args()
+    formats = None if args.formats is None else args.formats.split(",")
+    unknown = sorted(set(formats or ()) - set(available_formats()))
+    if unknown:
+        p.error(f"--formats: unknown {unknown}; expected some of {available_formats()}")
     torch.set_num_threads(1)
     results, exact = [], 0
-    for k in range(args.cases):
-        case = draw_planted_case(args.first_seed + k)
+    seeds = (s for s in itertools.count(args.first_seed) if formats is None or draw_planted_case(s).format in formats)
+    for seed in itertools.islice(seeds, args.cases):
+        case = draw_planted_case(seed)
         teacher = teacher_ranks(case)
         for method in args.methods.split(","):
             t0 = time.perf_counter()

@@ -255,6 +255,71 @@ def test_cp_merge_finds_the_planted_rank_when_a_cancelling_pair_is_the_largest()
         assert (_cp_full(fit) - planted).norm() / planted.norm() <= 1e-3
 
 
+def test_cp_spread_is_the_posteriors_expected_distance_of_w_from_its_mean():
+    """``cp_spread`` against a Monte Carlo estimate of ``sqrt(E‖W − W̄‖²) / ‖W̄‖`` under independent Gaussian entries."""
+    from bayestensor.tensors.decompose import _cp_full, cp_spread
+
+    g = torch.Generator().manual_seed(3)
+    means = [torch.randn(n, 3, generator=g, dtype=torch.float64) for n in (3, 4, 2)]
+    stds = [0.3 * torch.rand(n, 3, generator=g, dtype=torch.float64) for n in (3, 4, 2)]
+    draws = 200_000
+    sampled = [
+        m + s * torch.randn(draws, *m.shape, generator=g, dtype=torch.float64) for m, s in zip(means, stds, strict=True)
+    ]
+    w = torch.einsum("bir,bjr,bkr->bijk", *sampled)
+    mean_w = _cp_full(means)
+    mc = math.sqrt((w - mean_w).square().sum((1, 2, 3)).mean() / mean_w.square().sum())
+    exact = cp_spread(means, [m.square() + s.square() for m, s in zip(means, stds, strict=True)])
+    assert exact == pytest.approx(mc, rel=0.01)
+    assert cp_spread(means, [m.square() for m in means]) == 0.0  # a point mass has no spread
+
+
+@pytest.mark.parametrize("method", list(POSTERIORS))
+def test_cp_merge_by_noise_accepts_a_refit_within_the_posterior_spread(method):
+    """A planted rank-2 weight plus a third component of 1 % of its norm: no rank-2 refit is within the pruning
+    threshold, so only a posterior whose spread of ``W`` exceeds the refit's change merges it, and only with
+    ``by_noise``."""
+    from bayestensor.tensors.decompose import cp_als, cp_spread
+
+    g = torch.Generator().manual_seed(1)
+    a = [torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(4)]
+    planted = torch.einsum("ar,br,cr,dr->abcd", *(f[:, :2] for f in a))
+    extra = torch.einsum("a,b,c,d->abcd", *(f[:, 2] for f in a))
+    scale = (0.01 * planted.norm() / extra.norm()) ** 0.25
+    factors = [torch.cat([f[:, :2], f[:, 2:] * scale], 1) for f in a]
+    full = torch.einsum("ar,br,cr,dr->abcd", *factors)
+    change = (
+        min(  # the best rank-2 refit over several starts: about the extra component's 1 %
+            float(
+                (torch.einsum("ar,br,cr,dr->abcd", *cp_als(full, 2, n_iter=200, init=init, generator=g)) - full).norm()
+            )
+            for init in [[f[:, :2] for f in factors], None, None, None]
+        )
+        / float(full.norm())
+    )
+    assert 1e-3 < change < 0.02
+    for std, merges in ((0.02, True), (0.001, False)):  # spreads of about 5 % and 0.2 %
+        layer = bt.TensorizedLinear(
+            16, 16, format="cp", max_rank=3, in_shape=(4, 4), out_shape=(4, 4), method=method, dtype=torch.float64
+        )
+        t = layer.weight
+        with torch.no_grad():
+            for p, f in zip(t.factors, factors, strict=True):
+                p.copy_(f)
+            for plist in t.posterior.factor_parameters():  # the mean-field posterior's raw scales
+                for p in plist:
+                    p.copy_(inverse_softplus(torch.full_like(p, std)))
+        spread = cp_spread(list(t.factors), t.posterior.second_moments(list(t.factors)))
+        expected = t.posterior.stochastic and merges
+        assert (spread > change) == expected
+        before = t.to_matrix().detach().clone()
+        assert not t.merge_components_(1e-3)  # by the threshold alone: the extra component is needed
+        assert t.merge_components_(1e-3, by_noise=True) == expected
+        assert t.ranks == ([2] if expected else [3])
+        moved = float((t.to_matrix().detach() - before).norm() / before.norm())
+        assert moved <= max(1e-3, spread) and (moved > 1e-3) == expected
+
+
 def test_merge_leaves_a_generic_cp_fit_and_other_formats_alone():
     torch.manual_seed(0)
     for fmt in bt.available_formats():

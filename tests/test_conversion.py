@@ -72,6 +72,21 @@ def test_cp_als_recovers_low_rank():
     assert (approx - t).norm() / t.norm() < 1e-6
 
 
+@pytest.mark.parametrize("dims", [(4, 4, 4, 4), (1, 4, 5), (3, 6, 5)])
+@pytest.mark.parametrize("n_iter", [50, 200])
+def test_cp_als_above_the_tensors_rank_keeps_the_exact_fit(dims, n_iter):
+    """Fitted at rank 3, a planted rank-2 tensor leaves ALS's Gram matrices singular; the fit must stay exact
+    (a QR least-squares solve blew the factors up or to zero on all three shapes at 200 sweeps)."""
+    g = torch.Generator().manual_seed(0)
+    factors = [torch.randn(n, 2, generator=g, dtype=D) for n in dims]
+    t = torch.from_numpy(tl.cp_to_tensor((np.ones(2), [f.numpy() for f in factors])))
+    exact = cp_als(t, 2, n_iter=n_iter, tol=0.0)  # at the planted rank, the same sweeps
+    exact_err = float((torch.from_numpy(tl.cp_to_tensor((np.ones(2), [f.numpy() for f in exact]))) - t).norm())
+    est = cp_als(t, 3, n_iter=n_iter, tol=0.0, generator=g)
+    approx = torch.from_numpy(tl.cp_to_tensor((np.ones(3), [f.numpy() for f in est])))
+    assert float((approx - t).norm()) <= max(10 * exact_err, 1e-10 * float(t.norm()))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_decompose_full_rank_exact(fmt):
     torch.manual_seed(0)

@@ -206,7 +206,8 @@ def prune(
 
     Every two-factor bond is first rotated into its SVD gauge (:meth:`FactorizedTensor.regauge_`,
     which leaves ``W`` unchanged), and a CP layer is re-expressed with the fewest components whose
-    ALS refit changes ``W`` by at most ``threshold`` relative
+    ALS refit changes ``W`` by at most ``threshold`` relative, or under SVI (``by_noise``) by at most
+    the posterior's own spread of ``W`` if that is larger
     (:meth:`FactorizedTensor.merge_components_`; CP has no SVD gauge, and a degenerate fit's
     cancelling components are otherwise each needed; not under a ``process_group``, where
     processes must agree on the ranks); then rank index ``r`` of a bond is inactive when its
@@ -251,7 +252,9 @@ def prune(
         layer that does not merge. :class:`ARD` asks for :data:`MERGE_RESTARTS` at its last pass.
     by_noise
         Whether, under SVI, a component whose mean is within its posterior spread is inactive too
-        (:meth:`FactorizedTensor.active_masks`). :class:`ARD` turns it off during its KL warm-up.
+        (:meth:`FactorizedTensor.active_masks`), and a CP merge may move ``W`` by up to the
+        posterior's spread of ``W`` (:meth:`FactorizedTensor.merge_components_`). :class:`ARD` turns
+        it off during its KL warm-up.
 
     Layers with ``method=None`` are left alone.
     """
@@ -273,7 +276,7 @@ def prune(
         report.before[name] = list(t.ranks)
         t.regauge_(optimizer)
         if not distributed:  # a refit's accept/reject could differ across processes in its last bits
-            t.merge_components_(threshold, optimizer, restarts=merge_restarts)
+            t.merge_components_(threshold, optimizer, restarts=merge_restarts, by_noise=by_noise)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold, by_noise=by_noise)] for n, t in found}
     if evaluate is not None:
         keep = _keep_within_loss(found, keep, evaluate, float(tolerance))
