@@ -66,9 +66,8 @@ def main() -> None:
         p.error(f"--formats: unknown {unknown}; expected some of {available_formats()}")
     torch.set_num_threads(1)
     results, exact = [], 0
-    seeds = (s for s in itertools.count(args.first_seed) if formats is None or draw_planted_case(s).format in formats)
-    for seed in itertools.islice(seeds, args.cases):
-        case = draw_planted_case(seed)
+    drawn = map(draw_planted_case, itertools.count(args.first_seed))
+    for case in itertools.islice((c for c in drawn if formats is None or c.format in formats), args.cases):
         teacher = teacher_ranks(case)
         for method in args.methods.split(","):
             t0 = time.perf_counter()

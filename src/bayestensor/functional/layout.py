@@ -6,7 +6,7 @@ einsum's backward then returns the input's gradient as a permuted view with the 
 ``channels_last``. The layer before it (a max pool, a ReLU, a dense convolution) works on a gradient
 whose layout differs from its own input's, and a max pool's backward copies its whole, 4× larger,
 input to match. In a LeNet-style net (TT conv 32→64 after a 2×2 max pool) a MAP step takes
-0.61× the dense step with the layout restored here and 0.67× without (108 against 91 ms, side by side:
+0.61× the dense step with the layout restored here and 0.67× without (91 against 108 ms, side by side:
 ``python benchmarks/train_step.py --model cnn --rounds 9``).
 """
 

@@ -79,7 +79,7 @@ def _index_and_counts(layout: StatisticsLayout, device: torch.device, dtype: tor
         return build()
     key = (id(layout), device, dtype)
     entry = _ON_DEVICE.get(key)
-    if entry is None or entry[0] is not layout:  # the entry holds its layout, so the id is not reused while it lives
+    if entry is None:  # the entry holds its layout alive, so no other layout can take its id while it is cached
         entry = remember(_ON_DEVICE, key, (layout, *build()))
     return entry[1], entry[2]
 
