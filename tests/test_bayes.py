@@ -255,6 +255,44 @@ def test_cp_merge_finds_the_planted_rank_when_a_cancelling_pair_is_the_largest()
         assert (_cp_full(fit) - planted).norm() / planted.norm() <= 1e-3
 
 
+def test_cp_rank_floor_never_excludes_a_fit_that_exists():
+    """Soundness against fits that exist: whenever ALS reaches error ``e`` with ``j`` components, the floor at
+    ``max_change = e`` is at most ``j``; and a generic planted CP's floor is its rank (the unfoldings' rank)."""
+    from bayestensor.tensors.decompose import _cp_full, cp_als, cp_rank_floor
+
+    g = torch.Generator().manual_seed(5)
+    for dims, rank in (((4, 5, 6), 3), ((3, 4, 4, 5), 6), ((2, 3, 4, 2, 3), 5)):
+        a = [torch.randn(n, rank, generator=g, dtype=torch.float64) for n in dims]
+        planted = _cp_full(a)
+        assert cp_rank_floor(planted, 1e-8) == rank
+        noise = torch.randn(dims, generator=g, dtype=torch.float64)
+        noisy = planted + 0.05 * planted.norm() / noise.norm() * noise
+        for j in range(1, rank + 2):
+            err = min(
+                float((_cp_full(cp_als(noisy, j, n_iter=300, init=init, generator=g)) - noisy).norm() / noisy.norm())
+                for init in (None, None, [f[:, :j] for f in a] if j <= rank else None)
+            )
+            assert cp_rank_floor(noisy, err * (1 + 1e-9)) <= j
+
+
+def test_cp_merge_of_a_generic_fit_runs_no_als(monkeypatch):
+    """Random factors below the balanced unfolding's size: the floor proves that no fewer components fit, so the
+    merge returns at once instead of a bisection of ALS refits (the unfolding's tail is checked independently)."""
+    from bayestensor.tensors import decompose
+
+    calls = []
+    original = decompose.cp_als
+    monkeypatch.setattr(decompose, "cp_als", lambda *a, **k: calls.append(1) or original(*a, **k))
+    g = torch.Generator().manual_seed(2)
+    factors = [torch.randn(4, 6, generator=g, dtype=torch.float64) for _ in range(4)]
+    full = decompose._cp_full(factors)
+    sv = torch.linalg.svdvals(full.reshape(16, 16))
+    assert float(sv[6:].square().sum().sqrt() / full.norm()) < 1e-10  # the unfolding has rank 6 ...
+    assert float(sv[5] / full.norm()) > 1e-3  # ... and no rank-5 matrix, hence no 5-component CP, is within 1e-3
+    assert decompose.cp_merge(factors, 1e-3) is None
+    assert calls == []
+
+
 def test_cp_spread_is_the_posteriors_expected_distance_of_w_from_its_mean():
     """``cp_spread`` against a Monte Carlo estimate of ``sqrt(E‖W − W̄‖²) / ‖W̄‖`` under independent Gaussian entries."""
     from bayestensor.tensors.decompose import _cp_full, cp_spread

@@ -222,6 +222,45 @@ def cp_spread(means: Sequence[Tensor], second_moments: Sequence[Tensor]) -> floa
     return math.sqrt(max(float(full_gram.sum()) - mean_sq, 0.0) / mean_sq)
 
 
+def cp_rank_floor(tensor: Tensor, max_change: float) -> int:
+    r"""A lower bound on the fewest CP components within ``max_change`` of ``tensor`` (relative, Frobenius).
+
+    A CP tensor of ``k`` components has every matricization ``T_(S)`` (the modes ``S`` as rows,
+    the others as columns) of matrix rank at most ``k``, so by Eckart–Young
+
+    .. math:: \|T - \hat T_k\|_F \;\ge\; \Big(\sum_{i > k} σ_i(T_{(S)})^2\Big)^{1/2}
+
+    for every ``S``. Returns the smallest ``k ≥ 1`` at which this bound is within
+    ``max_change · ‖T‖_F`` for each single mode and for the most balanced split (the one whose
+    smaller side is largest, so its matrix rank can be). The squared singular values are the
+    eigenvalues of the smaller side's Gram matrix in float64, with a margin for their round-off.
+    """
+    t = tensor.detach().to(torch.float64)
+    dims = list(t.shape)
+    total = math.prod(dims)
+    norm2 = float(t.square().sum())
+    if not norm2 > 0:
+        return 1
+    splits = [(n,) for n in range(len(dims))]
+    halves = [s for size in range(1, len(dims)) for s in itertools.combinations(range(len(dims)), size) if 0 in s]
+    if halves:
+        splits.append(
+            max(halves, key=lambda s: min(math.prod(dims[n] for n in s), total // math.prod(dims[n] for n in s)))
+        )
+    floor = 1
+    for rows_modes in splits:
+        rest = [n for n in range(len(dims)) if n not in rows_modes]
+        rows = math.prod(dims[n] for n in rows_modes)
+        mat = t.permute(*rows_modes, *rest).reshape(rows, total // rows)
+        gram = mat @ mat.T if mat.shape[0] <= mat.shape[1] else mat.T @ mat  # (m, m), m the smaller side
+        energies = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)  # σ_i², descending
+        tails = energies.flip(0).cumsum(0).flip(0)  # tails[k] = Σ_{i ≥ k} σ_i², k = 0 … m-1
+        allowed = (max_change**2 + 8 * gram.shape[0] * torch.finfo(torch.float64).eps) * norm2
+        within = (tails <= allowed).nonzero()
+        floor = max(floor, int(within[0]) if within.numel() else gram.shape[0])
+    return floor
+
+
 def cp_merge(
     factors: Sequence[Tensor], max_change: float, n_iter: int = 100, restarts: int = 0
 ) -> tuple[list[int], list[Tensor]] | None:
@@ -253,6 +292,9 @@ def cp_merge(
     norm = full.norm()
     if not norm > 0:
         return None
+    lo = cp_rank_floor(full, max_change)
+    if lo >= rank:
+        return None  # no CP of fewer components is within max_change (Eckart–Young on an unfolding)
     order = torch.stack([f.norm(dim=0) for f in factors]).prod(0).argsort(descending=True)
 
     def refit(k: int, keep: Tensor) -> list[Tensor] | None:
@@ -265,15 +307,15 @@ def cp_merge(
                 return fit
         return None
 
-    best, lo, hi = None, 1, rank
+    best, hi, k = None, rank, lo  # the floor first: a degenerate fit often has exactly its unfoldings' rank
     while lo < hi:
-        k = (lo + hi) // 2
         keep = order[:k].sort().values
         fit = refit(k, keep)
         if fit is not None:
             best, hi = (keep.tolist(), fit), k
         else:
             lo = k + 1
+        k = (lo + hi) // 2
     if best is None:
         return None
     keep, fit = best
