@@ -222,7 +222,7 @@ def cp_spread(means: Sequence[Tensor], second_moments: Sequence[Tensor]) -> floa
     return math.sqrt(max(float(full_gram.sum()) - mean_sq, 0.0) / mean_sq)
 
 
-def cp_rank_floor(tensor: Tensor, max_change: float) -> int:
+def cp_rank_floor(tensor: Tensor, max_change: float, rank: int | None = None) -> int:
     r"""A lower bound on the fewest CP components within ``max_change`` of ``tensor`` (relative, Frobenius).
 
     A CP tensor of ``k`` components has every matricization ``T_(S)`` (the modes ``S`` as rows,
@@ -231,9 +231,11 @@ def cp_rank_floor(tensor: Tensor, max_change: float) -> int:
     .. math:: \|T - \hat T_k\|_F \;\ge\; \Big(\sum_{i > k} σ_i(T_{(S)})^2\Big)^{1/2}
 
     for every ``S``. Returns the smallest ``k ≥ 1`` at which this bound is within
-    ``max_change · ‖T‖_F`` for each single mode and for the most balanced split (the one whose
-    smaller side is largest, so its matrix rank can be). The squared singular values are the
-    eigenvalues of the smaller side's Gram matrix in float64, with a margin for their round-off.
+    ``max_change · ‖T‖_F`` for each single mode and for one split of the modes in two: the
+    narrowest whose smaller side reaches ``rank`` (only ``k < rank`` are asked about; the
+    cheapest split that can bound them all), else the most balanced. The squared singular values
+    are the eigenvalues of the smaller side's Gram matrix in float64, with a margin for their
+    round-off.
     """
     t = tensor.detach().to(torch.float64)
     dims = list(t.shape)
@@ -243,10 +245,10 @@ def cp_rank_floor(tensor: Tensor, max_change: float) -> int:
         return 1
     splits = [(n,) for n in range(len(dims))]
     halves = [s for size in range(1, len(dims)) for s in itertools.combinations(range(len(dims)), size) if 0 in s]
+    side = {h: min(math.prod(dims[n] for n in h), total // math.prod(dims[n] for n in h)) for h in halves}
+    wide = [h for h in halves if rank is not None and side[h] >= rank]
     if halves:
-        splits.append(
-            max(halves, key=lambda s: min(math.prod(dims[n] for n in s), total // math.prod(dims[n] for n in s)))
-        )
+        splits.append(min(wide, key=side.get) if wide else max(halves, key=side.get))
     floor = 1
     for rows_modes in splits:
         rest = [n for n in range(len(dims)) if n not in rows_modes]
@@ -270,9 +272,11 @@ def cp_merge(
     components that are parallel in some modes and cancel in the others (a degenerate fit) can
     carry no more than fewer components would, yet removing any one of them breaks the fit.
     With ``T`` the tensor of ``factors`` (shape ``(I_n, R)``), ``k`` is found by bisection over
-    ``1 … R-1``: ALS fits ``T`` at rank ``k``, and ``k`` is accepted when
-    ``‖T̂_k − T‖_F ≤ max_change · ‖T‖_F``. The fit starts from the ``k`` components of largest
-    norm ``Π_n ‖u_{n,r}‖``; when that start misses, from the HOSVD start and then from
+    ``k_0 … R-1``, trying ``k_0`` first: ALS fits ``T`` at rank ``k``, and ``k`` is accepted when
+    ``‖T̂_k − T‖_F ≤ max_change · ‖T‖_F``. ``k_0`` is :func:`cp_rank_floor`, below which no refit
+    can be accepted; when it is ``R`` no ALS runs at all (the usual case of a fit that is not
+    degenerate). The fit starts from the ``k`` components of largest norm ``Π_n ‖u_{n,r}‖``; when
+    that start misses, from the HOSVD start and then from
     ``restarts`` random ones (seeded, so the result is a function of ``factors``): a degenerate
     fit's largest components are often members of a cancelling group, a poor start from which
     ALS does not leave (a planted rank-2 weight held in 4 such components: 6 % from the largest
@@ -292,7 +296,7 @@ def cp_merge(
     norm = full.norm()
     if not norm > 0:
         return None
-    lo = cp_rank_floor(full, max_change)
+    lo = cp_rank_floor(full, max_change, rank)
     if lo >= rank:
         return None  # no CP of fewer components is within max_change (Eckart–Young on an unfolding)
     order = torch.stack([f.norm(dim=0) for f in factors]).prod(0).argsort(descending=True)
