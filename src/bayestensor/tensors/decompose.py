@@ -232,8 +232,9 @@ def cp_rank_floor(tensor: Tensor, max_change: float, rank: int | None = None) ->
 
     for every ``S``. Returns the smallest ``k ≥ 1`` at which this bound is within
     ``max_change · ‖T‖_F`` for each single mode and for one split of the modes in two: the
-    narrowest whose smaller side reaches ``rank`` (only ``k < rank`` are asked about; the
-    cheapest split that can bound them all), else the most balanced. The squared singular values
+    narrowest whose smaller side is at least ``2 · rank`` (only ``k < rank`` are asked about, and a
+    side of twice that keeps the ``rank``-th singular value of ``rank`` generic terms away from 0;
+    the narrowest is the cheapest), else the most balanced. The squared singular values
     are the eigenvalues of the smaller side's Gram matrix in float64, with a margin for their
     round-off.
     """
@@ -246,7 +247,7 @@ def cp_rank_floor(tensor: Tensor, max_change: float, rank: int | None = None) ->
     splits = [(n,) for n in range(len(dims))]
     halves = [s for size in range(1, len(dims)) for s in itertools.combinations(range(len(dims)), size) if 0 in s]
     side = {h: min(math.prod(dims[n] for n in h), total // math.prod(dims[n] for n in h)) for h in halves}
-    wide = [h for h in halves if rank is not None and side[h] >= rank]
+    wide = [h for h in halves if rank is not None and side[h] >= 2 * rank]
     if halves:
         splits.append(min(wide, key=side.get) if wide else max(halves, key=side.get))
     floor = 1
