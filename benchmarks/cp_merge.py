@@ -1,6 +1,6 @@
 """A/B of the CP merge of a pruning pass: this checkout's ``cp_merge`` against a git revision's.
 
-Run:  python benchmarks/cp_merge.py [--base REV] [--rounds 3] [--threads 1]
+Run:  python benchmarks/cp_merge.py [--base REV] [--rounds 3] [--threads 1] [--smoke]
 
 Both versions run side by side in one process on the same factors: the revision's
 ``src/bayestensor/tensors/decompose.py`` is extracted with ``git archive`` and imported as a
@@ -15,6 +15,7 @@ at the default threshold ``1e-3``). Cases, the CP factors of a ``TensorizedLinea
 
 Prints, per case, both versions' results (the kept component count or ``None``; they must agree)
 and the median over rounds of this checkout's time over the revision's in the same round.
+``--smoke`` times small layers only (the test that the script works).
 """
 
 from __future__ import annotations
@@ -70,15 +71,13 @@ def main() -> None:
     parser.add_argument("--base", default="5d43f3c", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="small layers only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_revision(args.base)
-    cases = {
-        "random, 256 x 256, rank 64": random_factors(256, 64),
-        "random, 256 x 256, rank 200": random_factors(256, 200),
-        "random, 1024 x 1024, rank 16": random_factors(1024, 16),
-        "degenerate, 16 x 16 as (4, 4, 4, 4), rank 4 in 8": degenerate_factors(),
-    }
+    sizes = [(16, 8)] if args.smoke else [(256, 64), (256, 200), (1024, 16)]
+    cases = {f"random, {n} x {n}, rank {r}": random_factors(n, r) for n, r in sizes}
+    cases["degenerate, 16 x 16 as (4, 4, 4, 4), rank 4 in 8"] = degenerate_factors()
     rows = []
     for name, factors in cases.items():
 

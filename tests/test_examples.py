@@ -70,6 +70,21 @@ def test_svgd_step_benchmark_smoke():
     assert "SVGD x2 / MAP = " in result.stdout and "vectorised / loop = " in result.stdout
 
 
+def test_cp_merge_benchmark_smoke():
+    """benchmarks/cp_merge.py (the README's merge table) loads a revision's merge and prints both results."""
+    root = EXAMPLES.parent
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the benchmark compares against a git revision")
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "cp_merge.py"), "--smoke", "--rounds", "1", "--base", "HEAD"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    degenerate = next(line for line in result.stdout.splitlines() if "degenerate" in line)
+    cells = [c.strip() for c in degenerate.split("│")]
+    assert cells[2:4] == ["4", "4"]  # both versions merge the planted rank 4 held in 8 components
+
+
 def test_train_step_benchmark_smoke():
     """benchmarks/train_step.py (the README's whole-step table) runs every case, compiled ones included."""
     from bayestensor.experiments.compiled import compiler_problem
