@@ -3,7 +3,7 @@
 Run:  python benchmarks/cp_merge.py [--base REV] [--rounds 3] [--threads 1] [--smoke]
 
 Both versions run side by side in one process on the same factors: the revision's
-``src/bayestensor/tensors/decompose.py`` is extracted with ``git archive`` and imported as a
+``src/bayestensor/tensors/decompose.py`` is read with ``git show`` and imported as a
 module of its own (its imports of the rest of the package resolve to this checkout's). Each
 pruning pass of a CP layer with a posterior calls the merge once (``FactorizedTensor.merge_components_``
 at the default threshold ``1e-3``). Cases, the CP factors of a ``TensorizedLinear`` as drawn:
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_revision(rev: str):
-    """``bayestensor/tensors/decompose.py`` as it was at ``rev``, as the module ``decompose_<rev>``."""
+    """``bayestensor/tensors/decompose.py`` as it was at ``rev``, imported as the module ``decompose_base``."""
     text = subprocess.run(
         ["git", "show", f"{rev}:src/bayestensor/tensors/decompose.py"], cwd=REPO, capture_output=True, check=True
     ).stdout.decode()
@@ -97,7 +98,7 @@ def main() -> None:
         )
         ratio = paired_ratios(samples, args.base)["this checkout"]
         rows.append([name, str(results[args.base]), str(results["this checkout"]),
-                     f"{sorted(samples[args.base])[len(samples[args.base]) // 2]:.3f} s", f"{ratio:.3f}x"])  # fmt: skip
+                     f"{statistics.median(samples[args.base]):.3f} s", f"{ratio:.3f}x"])  # fmt: skip
     print_table(
         f"cp_merge(factors, 1e-3), this checkout against {args.base} ({args.threads} thread(s), {args.rounds} rounds)",
         ["case", f"kept ({args.base})", "kept (this checkout)", f"median s ({args.base})", "time / base"],
