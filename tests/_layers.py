@@ -17,6 +17,11 @@ def _mha_call(m, x):
 EXAMPLES = {
     bt.TensorizedLinear: (lambda: nn.Linear(24, 30), lambda: torch.randn(5, 24), lambda m, x: m(x)),
     bt.TensorizedConv2d: (lambda: nn.Conv2d(6, 8, 3, padding=1), lambda: torch.randn(2, 6, 7, 7), lambda m, x: m(x)),
+    bt.TensorizedConv1d: (
+        lambda: nn.Conv1d(6, 8, 5, padding="same", padding_mode="circular"),
+        lambda: torch.randn(2, 6, 11),
+        lambda m, x: m(x),
+    ),
     bt.TensorizedEmbedding: (lambda: nn.Embedding(60, 12), lambda: torch.randint(0, 60, (4, 3)), lambda m, x: m(x)),
     bt.TensorizedMultiheadAttention: (
         lambda: nn.MultiheadAttention(16, 2, batch_first=True),

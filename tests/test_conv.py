@@ -48,6 +48,45 @@ def test_matches_conv2d(fmt, strategy, cfg):
     torch.testing.assert_close(m(x), ref)
 
 
+PADDINGS = [
+    dict(k=3, padding="same"),
+    dict(k=(4, 2), padding="same", dilation=(1, 3)),  # even spans: one more on the bottom / right, as torch
+    dict(k=3, padding=(2, 1), stride=2),
+    dict(k=(2, 3), padding=(0, 1)),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["factorized", "reconstruct"])
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("cfg", range(len(PADDINGS)))
+def test_padding_and_padding_modes_match_conv2d(fmt, strategy, mode, cfg):
+    """Every torch padding mode and 'same' padding: output and input gradient equal nn.Conv2d's with our kernel."""
+    c = dict(PADDINGS[cfg])
+    k = c.pop("k")
+    m = make(fmt, cin=7, cout=5, k=k, strategy=strategy, padding_mode=mode, **c)
+    ref = torch.nn.Conv2d(7, 5, k, padding_mode=mode, dtype=D, **c)
+    with torch.no_grad():
+        ref.weight.copy_(m.full_weight())
+        ref.bias.copy_(m.bias)
+    x = torch.randn(3, 7, 8, 9, dtype=D, requires_grad=True)
+    up = torch.randn_like(ref(x))
+    (gx,) = torch.autograd.grad(m(x), x, up)
+    (gx_ref,) = torch.autograd.grad(ref(x), x, up)
+    torch.testing.assert_close(m(x), ref(x))
+    torch.testing.assert_close(gx, gx_ref)
+
+
+def test_padding_settings_survive_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    m = TensorizedConv2d(6, 10, (4, 3), padding="same", padding_mode="reflect", format="tt", max_rank=3).eval()
+    bt.save(torch.nn.Sequential(m), tmp_path / "m")
+    back = bt.load(tmp_path / "m")[0]
+    assert back.padding == "same" and back.padding_mode == "reflect"
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(back(x), m(x))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_groups_reconstruct(fmt):
     m = make(fmt, cin=8, cout=12, groups=4, padding=1)
@@ -87,8 +126,14 @@ def test_bad_inputs():
         m(torch.randn(1, 5, 8, 8, dtype=D))
     with pytest.raises(ValueError, match="dtype"):
         m(torch.randn(1, 6, 8, 8))
-    with pytest.raises(ValueError, match="padding"):
-        make("tt", padding="same")
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        make("tt", padding="same", stride=2)
+    with pytest.raises(ValueError, match="padding must be an int, a pair of ints, 'valid' or 'same'"):
+        make("tt", padding="full")
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        make("tt", padding=1, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r"padding_mode='reflect' needs padding 3 below the input height 3"):
+        make("tt", k=7, padding=3, padding_mode="reflect")(torch.randn(1, 6, 3, 9, dtype=D))
     with pytest.raises(ValueError, match="divisible by groups"):
         make("tt", cin=6, cout=10, groups=4)
     with pytest.raises(ValueError, match="in_shape"):
@@ -167,3 +212,58 @@ def test_input_gradient_comes_back_in_the_inputs_memory_format(fmt, channels_las
     xr = x0.detach().clone().requires_grad_()
     F.conv2d(xr, m.full_weight().detach(), m.bias.detach(), padding=1).backward(up)
     torch.testing.assert_close(seen[0], xr.grad)
+
+
+# ---------------------------------------------------------------- Conv1d
+CONFIGS_1D = [
+    dict(k=3, padding=1),
+    dict(k=4, padding="same", dilation=2, padding_mode="reflect"),
+    dict(k=5, stride=2, padding=3, padding_mode="replicate"),
+    dict(k=1, padding="valid"),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("strategy", ["factorized", "reconstruct"])
+@pytest.mark.parametrize("cfg", range(len(CONFIGS_1D)))
+def test_conv1d_matches_nn_conv1d_and_converts_exactly(fmt, strategy, cfg):
+    c = dict(CONFIGS_1D[cfg])
+    k = c.pop("k")
+    torch.manual_seed(0)
+    dense = torch.nn.Conv1d(7, 5, k, dtype=D, **c)
+    m = bt.TensorizedConv1d.from_dense(dense, format=fmt, max_rank=10_000, strategy=strategy, init="decompose")
+    assert m.full_weight().shape == dense.weight.shape and m.reconstruction_error < 1e-12
+    x = torch.randn(3, 7, 13, dtype=D, requires_grad=True)
+    up = torch.randn_like(dense(x))
+    (gx,) = torch.autograd.grad(m(x), x, up)
+    (gx_ref,) = torch.autograd.grad(dense(x), x, up)
+    torch.testing.assert_close(m(x), dense(x))
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(m(x[0]), dense(x[0]))  # unbatched (C, L)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_conv1d_gradcheck_and_groups(fmt):
+    torch.manual_seed(1)
+    m = bt.TensorizedConv1d(2, 3, 3, stride=2, padding=1, format=fmt, max_rank=2, dtype=D)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(1, 2, 6, dtype=D, requires_grad=True)
+
+    def f(x, *ps):
+        return torch.func.functional_call(m, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+    g = bt.TensorizedConv1d(8, 12, 3, groups=4, padding=1, format=fmt, max_rank=3, dtype=D)
+    x = torch.randn(2, 8, 9, dtype=D)
+    torch.testing.assert_close(g(x), F.conv1d(x, g.full_weight(), g.bias, 1, 1, 1, 4))
+
+
+def test_conv1d_bad_inputs():
+    m = bt.TensorizedConv1d(6, 4, 5, format="tt", max_rank=3, dtype=D)
+    with pytest.raises(ValueError, match=r"expected input of shape \(batch, 6, L\) or \(6, L\)"):
+        m(torch.randn(2, 6, 4, 4, dtype=D))
+    with pytest.raises(ValueError, match="kernel length 5 .* larger than the padded input length 3"):
+        m(torch.randn(2, 6, 3, dtype=D))
+    with pytest.raises(ValueError, match="kernel_size must be an int"):
+        bt.TensorizedConv1d(6, 4, (3, 3))

@@ -122,6 +122,17 @@ def test_conv_from_dense_round_trip(fmt, groups):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv_from_dense_keeps_padding_same_and_padding_mode(fmt, mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, (4, 3), padding="same", padding_mode=mode).double()
+    layer = TensorizedConv2d.from_dense(conv, format=fmt, max_rank=10_000)
+    assert (layer.padding, layer.padding_mode) == ("same", mode)
+    x = torch.randn(2, 6, 7, 6, dtype=D)
+    torch.testing.assert_close(layer(x), conv(x))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_embedding_from_dense_round_trip(fmt):
     torch.manual_seed(0)
     emb = nn.Embedding(37, 6, padding_idx=4).double()
@@ -149,8 +160,6 @@ def test_low_rank_error_is_reported(fmt):
 def test_from_dense_bad_input():
     with pytest.raises(TypeError, match="nn.Linear"):
         TensorizedLinear.from_dense(nn.Conv2d(2, 2, 1))
-    with pytest.raises(ValueError, match="padding_mode"):
-        TensorizedConv2d.from_dense(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
     with pytest.raises(ValueError, match="mode='max'"):
         TensorizedEmbedding.from_dense(nn.EmbeddingBag(10, 2, mode="max"))
 
@@ -203,6 +212,27 @@ def test_tensorize_warns_when_nothing_eligible():
     with pytest.warns(UserWarning, match="no convertible module"):
         model, summary = tensorize(net)
     assert model is net and summary == [] and isinstance(net[0], nn.Linear)
+
+
+@pytest.mark.parametrize("layer_type", bt.LAYER_TYPES, ids=lambda t: t.__name__)
+def test_tensorize_of_a_single_layer_returns_the_tensorized_layer(layer_type):
+    """The model may be the layer itself: it is replaced by the return value, at full rank the same function."""
+    from _layers import EXAMPLES
+
+    make_dense, make_x, call = EXAMPLES[layer_type]
+    torch.manual_seed(0)
+    dense = make_dense().double()
+    x = make_x()
+    x = x.double() if x.is_floating_point() else x
+    model, summary = tensorize(dense, format="tt", max_rank=10_000, min_params=0, init="decompose")
+    assert isinstance(model, layer_type) and summary
+    assert all(r["layer"] == "" or not r["layer"].startswith(".") for r in summary)
+    assert sum(r["params_before"] for r in summary) == sum(p.numel() for p in dense.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(call(model, x), call(dense, x))
+    with pytest.warns(UserWarning, match="no convertible module"):  # below min_params: unchanged, as for a model
+        same, rows = tensorize(make_dense(), min_params=10**9)
+    assert isinstance(same, type(make_dense())) and rows == []
 
 
 # ---------------------------------------------------------------- ARD warm start

@@ -19,6 +19,7 @@ SETTINGS = {"method": "map", "prior": "log_uniform", "rank_update": "gradient", 
 OWN = {
     bt.TensorizedLinear: {"strategy": "reconstruct"},
     bt.TensorizedConv2d: {"strategy": "reconstruct"},
+    bt.TensorizedConv1d: {"strategy": "factorized"},
     bt.TensorizedEmbedding: {"dedup": False, "validate": False},
     bt.TensorizedMultiheadAttention: {"strategy": "factorized"},
 }
@@ -98,14 +99,25 @@ def _vit():
     return VisionTransformer(dim=64, depth=2, heads=4, mlp_dim=128, tensor=tensor)
 
 
+def _padded_cnn():
+    """Convolutions with 'same' and asymmetric padding in the modes that pad the input first (ONNX Pad)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        bt.TensorizedConv2d(6, 16, (4, 3), padding="same", padding_mode="reflect", format="tt", max_rank=3),
+        nn.ReLU(),
+        bt.TensorizedConv2d(16, 16, 3, stride=2, padding=(2, 1), padding_mode="circular", format="tucker", max_rank=3),
+    )
+
+
 @pytest.mark.parametrize(
     "build,shape",
     [
+        (_padded_cnn, (3, 6, 9, 8)),
         (_digits_model, (7, 64)),
         (lambda: bt.tensorize(_vit_block(), max_rank=6, min_params=1000)[0], (3, 9, 64)),
         (_vit, (3, 1, 28, 28)),
     ],
-    ids=["digits-fc", "transformer", "fashion-mnist-vit"],
+    ids=["padded-cnn", "digits-fc", "transformer", "fashion-mnist-vit"],
 )
 def test_pruned_model_in_onnx_matches_pytorch(build, shape, tmp_path):
     ort = pytest.importorskip("onnxruntime")

@@ -21,7 +21,14 @@ from .inference import (
     update_rank_variances,
 )
 from .io import ExportError, load, save
-from .layers import LAYER_TYPES, TensorizedConv2d, TensorizedEmbedding, TensorizedLinear, TensorizedMultiheadAttention
+from .layers import (
+    LAYER_TYPES,
+    TensorizedConv1d,
+    TensorizedConv2d,
+    TensorizedEmbedding,
+    TensorizedLinear,
+    TensorizedMultiheadAttention,
+)
 from .onnx_export import export_onnx
 from .priors import available_priors, get_prior
 from .tensors import FactorizedTensor, TensorizedModule, count_params, dense_params
@@ -37,6 +44,7 @@ __all__ = [
     "Ensemble",
     "ExportError",
     "FactorizedTensor",
+    "TensorizedConv1d",
     "TensorizedConv2d",
     "TensorizedEmbedding",
     "TensorizedLinear",

@@ -14,7 +14,7 @@ Two ways back:
   weight is loaded.
 * **A described model**, rebuilt from the JSON alone (no experiment, config or training code),
   ``load(path)``. Described are ``torch.nn`` building blocks (``Sequential``, ``ModuleList``,
-  ``Linear``, ``Conv2d``, ``BatchNorm1d/2d``, ``ReLU``, ``Dropout``, ``Flatten``, pooling,
+  ``Linear``, ``Conv1d/2d``, ``BatchNorm1d/2d``, ``ReLU``, ``Dropout``, ``Flatten``, pooling,
   ``Embedding(Bag)``, ``Identity``), every tensorized layer type (through its ``export_kwargs``,
   at its current ranks and with all its settings), and any class defined in ``bayestensor`` with
   an ``export_kwargs`` dict attribute, rebuilt as ``cls(**export_kwargs)`` (e.g. the CIFAR ResNet
@@ -49,6 +49,11 @@ def _pairs(v: Any) -> Any:
 _NN_ARGS: dict[type, Any] = {
     nn.Linear: lambda m: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None},
     nn.Conv2d: lambda m: {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pairs(m.kernel_size),
+        "stride": _pairs(m.stride), "padding": _pairs(m.padding), "dilation": _pairs(m.dilation),
+        "groups": m.groups, "bias": m.bias is not None, "padding_mode": m.padding_mode,
+    },
+    nn.Conv1d: lambda m: {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pairs(m.kernel_size),
         "stride": _pairs(m.stride), "padding": _pairs(m.padding), "dilation": _pairs(m.dilation),
         "groups": m.groups, "bias": m.bias is not None, "padding_mode": m.padding_mode,

@@ -13,7 +13,8 @@ from ..layers import LAYER_TYPES, TensorizedLinear
 from ..tensors import TensorizedModule
 from .from_dense import from_dense, layer_type_for
 
-DENSE_BASES = (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+DENSE_BASES = tuple(t for layer_type in LAYER_TYPES for t in layer_type.dense_types)
+"""The ``torch.nn`` classes the registered layer types replace (their subclasses are named when left dense)."""
 
 
 def _matches(name: str, patterns: str | Sequence[str] | None) -> bool:
@@ -63,12 +64,15 @@ def tensorize(
 ) -> tuple[nn.Module, list[dict]]:
     """Replace dense layers by their tensorized counterparts (every type of ``bayestensor.layers.LAYER_TYPES``).
 
-    Converted: ``nn.Linear`` (and Hugging Face's GPT-2 ``Conv1D``), ``nn.Conv2d``,
+    Converted: ``nn.Linear`` (and Hugging Face's GPT-2 ``Conv1D``), ``nn.Conv2d``, ``nn.Conv1d``,
     ``nn.Embedding``, ``nn.EmbeddingBag`` and ``nn.MultiheadAttention`` (all four projections,
     packed or separate Q/K/V; :class:`~bayestensor.layers.TensorizedMultiheadAttention`). A
     module is replaced when it has at least ``min_params`` parameters or is named exactly in
     ``include``, its qualified name matches ``include`` (glob patterns or module-name prefixes;
-    all modules when ``None``) and not ``exclude``. The model is modified in place.
+    all modules when ``None``) and not ``exclude``. The model is modified in place; when
+    ``model`` is itself a convertible layer (``tensorize(nn.Linear(1024, 1024))``), the new layer
+    is returned in its place (its summary row is named ``""``) and ``include`` / ``exclude`` do not
+    apply to it.
 
     Types match exactly. Modules of a subclass of those types, modules with unsupported
     settings (``padding_mode="reflect"``, ``max_norm``, ``add_bias_kv``, …) and modules whose
@@ -111,7 +115,8 @@ def tensorize(
     Returns
     -------
     tuple
-        ``(model, summary)``: one summary row per new factorized weight with keys ``layer``,
+        ``(model, summary)``: the model (the new layer when ``model`` was one) and one summary row
+        per new factorized weight with keys ``layer``,
         ``type``, ``format``, ``shape``, ``tensor_shape``, ``max_ranks``, ``params_before``,
         ``params_after`` and ``rel_error``.
 
@@ -131,22 +136,24 @@ def tensorize(
                 raise ValueError(f"tensorize: include={pattern!r} matches no module of {type(model).__name__}")
     targets, skipped, claimed = {}, [], []
     for name, module in model.named_modules():
-        if not name or isinstance(module, LAYER_TYPES) or any(name.startswith(c + ".") for c in claimed):
+        if isinstance(module, LAYER_TYPES) or any(name.startswith(c + ".") for c in claimed):
             continue
         if not isinstance(module, DENSE_BASES) and layer_type_for(module) is None:
             continue
-        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+        if name and ((include is not None and not _matches(name, include)) or _matches(name, exclude)):
             continue
-        named = _named_exactly(name, include)
+        named = bool(name) and _named_exactly(name, include)
         if sum(p.numel() for p in module.parameters()) < min_params and not named:
             continue
         reason = _skip_reason(name, module, shared)
         if reason is not None:
             if named:
                 raise ValueError(f"tensorize: cannot convert {name!r} ({type(module).__name__}): {reason}")
-            skipped.append((name, reason))
+            skipped.append((name or type(model).__name__, reason))
             continue
         targets[name] = module
+        if not name:
+            break  # the model is the layer
         claimed.append(name)
     for name, module in model.named_modules():
         if isinstance(module, nn.TransformerEncoderLayer) and f"{name}.self_attn".lstrip(".") not in targets:
@@ -163,8 +170,8 @@ def tensorize(
         )
     if not targets:
         warnings.warn(
-            f"tensorize: no convertible module (nn.Linear, nn.Conv2d, nn.Embedding, nn.EmbeddingBag or "
-            f"nn.MultiheadAttention with at least {min_params} parameters, passing include={include!r} / "
+            f"tensorize: no convertible module ({', '.join('nn.' + t.__name__ for t in DENSE_BASES)} with at least "
+            f"{min_params} parameters, passing include={include!r} / "
             f"exclude={exclude!r}); model unchanged",
             stacklevel=2,
         )
@@ -178,6 +185,11 @@ def tensorize(
         rank = 16 if max_rank is None and is_table else max_rank
         new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
         new.train(module.training)
+        if not name:  # the model itself was the layer
+            model = new
+            summary.extend(_summary_row(sub_name, module, sub) for sub_name, sub in new.named_modules()
+                           if isinstance(sub, TensorizedModule))  # fmt: skip
+            break
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

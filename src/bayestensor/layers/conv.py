@@ -45,6 +45,7 @@ from ..tensors.module import tensor_export_kwargs
 from ._from_dense import factory_kwargs, padded, start_from_dense
 
 STRATEGIES = ("auto", "factorized", "reconstruct")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 IntPair = int | tuple[int, int]
@@ -61,7 +62,28 @@ def _pair(v: IntPair | Sequence[int], name: str) -> tuple[int, int]:
 
 
 def _conv_out(size: int, k: int, stride: int, pad: int, dil: int) -> int:
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    return (size + pad - dil * (k - 1) - 1) // stride + 1  # pad: both sides together
+
+
+def _side_padding(
+    padding: IntPair | str, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` for ``padding`` as :class:`torch.nn.Conv2d` takes it.
+
+    ``"same"`` (stride 1 only, as in torch) pads ``d (k − 1)`` per dimension, the odd one on the
+    bottom / right side, as :func:`torch.nn.functional.conv2d` does; ``"valid"`` pads nothing.
+    """
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' is not supported for strided convolutions, got stride={stride}")
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel_size, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    pad = _pair(padding, "padding")
+    return ((pad[0], pad[0]), (pad[1], pad[1]))
 
 
 class TensorizedConv2d(TensorizedModule):
@@ -69,10 +91,14 @@ class TensorizedConv2d(TensorizedModule):
 
     Parameters
     ----------
-    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-        As in :class:`torch.nn.Conv2d` (``padding`` an int, a pair or ``"valid"``;
-        ``padding_mode="zeros"``). With ``groups > 1`` the kernel ``(out, in / groups, kh, kw)``
-        is factorized and the forward always reconstructs it (every format).
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode
+        As in :class:`torch.nn.Conv2d`: ``padding`` an int, a pair, ``"valid"`` or ``"same"``
+        (stride 1; an odd total pads one more on the bottom / right, as torch does);
+        ``padding_mode`` ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``. Zero padding
+        that is the same on both sides goes to the convolution; any other is applied to the input
+        first (:func:`torch.nn.functional.pad`). With ``groups > 1`` the kernel
+        ``(out, in / groups, kh, kw)`` is factorized and the forward always reconstructs it (every
+        format).
     format
         ``"cp"``, ``"tucker"``, ``"tt"`` or ``"ttm"``.
     max_rank
@@ -102,6 +128,7 @@ class TensorizedConv2d(TensorizedModule):
     """
 
     dense_types = (nn.Conv2d,)
+    spatial_names = ("height", "width")  # in error messages
 
     def __init__(
         self,
@@ -113,6 +140,7 @@ class TensorizedConv2d(TensorizedModule):
         dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         *,
         format: str = "tt",
         max_rank: RankSpec | None = None,
@@ -150,16 +178,24 @@ class TensorizedConv2d(TensorizedModule):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.dilation = _pair(dilation, "dilation")
-        if padding == "valid":
-            padding = 0
-        elif isinstance(padding, str):
-            raise ValueError(f"padding must be an int, a pair of ints or 'valid', got {padding!r}")
-        self.padding = _pair(padding, "padding")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding: tuple[int, int] | str = padding if isinstance(padding, str) else _pair(padding, "padding")
+        self.side_padding = _side_padding(padding, self.kernel_size, self.stride, self.dilation)
+        smallest_pad = min(min(pair) for pair in self.side_padding)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or smallest_pad < 0:
             raise ValueError(
                 f"expected kernel_size, stride, dilation >= 1 and padding >= 0, got kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, dilation={self.dilation}, padding={self.padding}"
             )
+        # zero padding equal on both sides goes to the convolution; any other is F.pad of the input first
+        symmetric = all(a == b for a, b in self.side_padding)
+        self._conv_padding = tuple(a for a, _ in self.side_padding) if symmetric and padding_mode == "zeros" else (0, 0)
+        (top, bottom), (left, right) = self.side_padding
+        self._input_padding = (
+            None if any(self._conv_padding) or not (top or bottom or left or right) else ((left, right, top, bottom))
+        )
         self.strategy = strategy
         per_group = in_channels // groups
         khkw = self.kernel_size[0] * self.kernel_size[1]
@@ -230,13 +266,20 @@ class TensorizedConv2d(TensorizedModule):
         ref = self.weight.factors[0]
         if x.device != ref.device:
             raise ValueError(f"input is on {x.device} but the layer is on {ref.device}")
-        for d, name in ((0, "height"), (1, "width")):
+        for d, name in enumerate(self.spatial_names):
             span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
-            padded = x.shape[2 + d] + 2 * self.padding[d]
+            before, after = self.side_padding[d]
+            padded = x.shape[2 + d] + before + after
             if span > padded:
                 raise ValueError(
                     f"kernel {name} {self.kernel_size[d]} (dilated span {span}) is larger than the padded input "
-                    f"{name} {padded} (input {x.shape[2 + d]} + 2 × padding {self.padding[d]})"
+                    f"{name} {padded} (input {x.shape[2 + d]} + padding {before} + {after})"
+                )
+            limit = {"reflect": x.shape[2 + d] - 1, "circular": x.shape[2 + d]}.get(self.padding_mode)
+            if limit is not None and max(before, after) > limit:
+                raise ValueError(
+                    f"padding_mode={self.padding_mode!r} needs padding {max(before, after)} below the input {name} "
+                    f"{x.shape[2 + d]}{' (strictly)' if self.padding_mode == 'reflect' else ''}"
                 )
         return compute_dtype(x, ref.dtype)
 
@@ -247,10 +290,14 @@ class TensorizedConv2d(TensorizedModule):
             x = x.unsqueeze(0)
         dtype = self._check_input(x)
         x = x.to(dtype)
+        if self._input_padding is not None:  # (B, C, H + top + bottom, W + left + right)
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._input_padding, mode=mode)
+        pad = self._conv_padding  # what the convolution itself pads, per side
         bias = None if self.bias is None else self.bias.to(dtype)
         batch, _, height, width = x.shape
-        h_out = _conv_out(height, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
-        w_out = _conv_out(width, self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
+        h_out = _conv_out(height, self.kernel_size[0], self.stride[0], 2 * pad[0], self.dilation[0])
+        w_out = _conv_out(width, self.kernel_size[1], self.stride[1], 2 * pad[1], self.dilation[1])
         factors = cast_all(dtype, self.weight.tensors())
         ranks = tuple(self.weight.ranks)
         strategy = "reconstruct" if self.groups > 1 else self.strategy
@@ -265,7 +312,7 @@ class TensorizedConv2d(TensorizedModule):
             strategy,
         )
         if chosen == "reconstruct":
-            y = F.conv2d(x, self._kernel(factors), bias, self.stride, self.padding, self.dilation, self.groups)
+            y = F.conv2d(x, self._kernel(factors), bias, self.stride, pad, self.dilation, self.groups)
             return y.squeeze(0) if unbatched else y
         plan = payload  # a ConvSteps
         n_pass, n_grp, n_cout, n_cin = plan.sizes
@@ -284,7 +331,7 @@ class TensorizedConv2d(TensorizedModule):
         kh, kw = self.kernel_size
         ss = run_steps(plan.s_steps, [factors[f] for f in plan.s])  # (grp, cout, cin, kh·kw)
         ss = ss.reshape(n_grp * n_cout, n_cin, kh, kw)
-        v = F.conv2d(u, ss, None, self.stride, self.padding, self.dilation, n_grp)  # (B·pass, grp·cout, H', W')
+        v = F.conv2d(u, ss, None, self.stride, pad, self.dilation, n_grp)  # (B·pass, grp·cout, H', W')
         v = v.reshape(batch, *plan.v_modes, h_out * w_out)  # (B, pass, grp, cout, P_out)
         if plan.q:
             sq = run_steps(plan.q_steps, [factors[f] for f in plan.q])  # super-factor of group Q
@@ -303,15 +350,6 @@ class TensorizedConv2d(TensorizedModule):
         weight = self.out_channels * (self.in_channels // self.groups) * kh * kw
         return weight + (self.out_channels if self.bias is not None else 0)
 
-    @staticmethod
-    def unsupported_reason(module: nn.Module) -> str | None:  # noqa: D102
-        if module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
-            return (
-                f"only padding_mode='zeros' with explicit or 'valid' padding can be converted, got "
-                f"padding_mode={module.padding_mode!r}, padding={module.padding!r}"
-            )
-        return None
-
     @classmethod
     def from_dense(
         cls,
@@ -323,23 +361,24 @@ class TensorizedConv2d(TensorizedModule):
         init: str = "decompose",
         **kwargs,
     ) -> TensorizedConv2d:
-        """A layer started from ``conv`` (zero padding mode only); ``init`` as for linear layers."""
+        """A layer started from ``conv`` (any padding and padding mode); ``init`` as for linear layers."""
         cls.check_convertible(conv)
         layer = cls(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            *(v[0] if isinstance(v, tuple) and len(v) == 1 else v for v in (conv.kernel_size, conv.stride)),
+            conv.padding if isinstance(conv.padding, str) or len(conv.padding) > 1 else conv.padding[0],
+            conv.dilation[0] if len(conv.dilation) == 1 else conv.dilation,
             conv.groups,
             conv.bias is not None,
+            conv.padding_mode,
             format=format,
             max_rank=max_rank,
             **factory_kwargs(conv, kwargs, init),
         )
         kh, kw = layer.kernel_size
-        matrix = conv.weight.permute(0, 2, 3, 1)  # (out, kh, kw, in / groups)
+        kernel = conv.weight.reshape(conv.out_channels, -1, kh, kw)  # (out, in / groups, kh, kw); Conv1d: kh = 1
+        matrix = kernel.permute(0, 2, 3, 1)  # (out, kh, kw, in / groups)
         matrix = F.pad(matrix, (0, math.prod(layer.in_shape) - matrix.shape[-1]))
         matrix = matrix.reshape(conv.out_channels, kh * kw * math.prod(layer.in_shape))
         matrix = padded(matrix, math.prod(layer.out_shape), matrix.shape[1])  # (M, kh·kw·N)
@@ -352,10 +391,11 @@ class TensorizedConv2d(TensorizedModule):
             "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
-            "padding": list(self.padding),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
             "dilation": list(self.dilation),
             "groups": self.groups,
             "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
             "in_shape": list(self.in_shape),
             "out_shape": list(self.out_shape),
             "strategy": self.strategy,
@@ -366,5 +406,5 @@ class TensorizedConv2d(TensorizedModule):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-            f"bias={self.bias is not None}, strategy={self.strategy!r}"
+            f"bias={self.bias is not None}, padding_mode={self.padding_mode!r}, strategy={self.strategy!r}"
         )
