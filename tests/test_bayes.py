@@ -33,12 +33,18 @@ def log_prior_of_factors(t, factors):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_map_prior_loss_is_negative_log_joint(fmt):
-    t = tensor(fmt, "map")
+@pytest.mark.parametrize("rank_update", ["em", "gradient"])
+def test_map_prior_loss_is_negative_log_joint(fmt, rank_update):
+    """Value and gradients (factors; λ when it is learned) against the log joint written out independently."""
+    t = tensor(fmt, "map", rank_update=rank_update)
+    params = [p for p in t.parameters() if p.requires_grad]
     expected = -log_prior_of_factors(t, list(t.factors)) - sum(
         t.prior.log_prob(lam).sum() for lam in t.rank_variances()
     )
-    torch.testing.assert_close(t.prior_loss(), expected)
+    ours = t.prior_loss()
+    torch.testing.assert_close(ours, expected)
+    for got, want in zip(torch.autograd.grad(ours, params), torch.autograd.grad(expected, params), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -139,7 +139,7 @@ def test_reconstruction_is_planned_as_pairwise_steps_only_and_differentiates_exa
     ranks, factors = random_factors(fmt, out_s, in_s, rank)
     steps, _ = reconstruction(name, out_s, in_s, tuple(ranks))
     if len(factors) > 1:
-        assert len(steps) == len(factors) - 1 and all(len(inds) == 2 for inds, _, _ in steps), steps
+        assert len(steps) == len(factors) - 1 and all(len(step.inds) == 2 for step in steps), steps
     leaves = [f.clone().requires_grad_() for f in factors]
     torch.autograd.gradcheck(lambda *fs: run_steps(steps, fs), leaves)
 

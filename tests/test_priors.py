@@ -35,6 +35,23 @@ def test_log_prob_matches_reference(name):
 
 
 @pytest.mark.parametrize("name", sorted(PRIORS))
+def test_log_prob_follows_hyperparameters_changed_in_place_and_the_dtype(name):
+    """The prior keeps its distribution object between calls; a changed buffer or dtype must not reuse it."""
+    kwargs, _ = PRIORS[name]
+    prior = get_prior(name, **kwargs)
+    lam = torch.tensor([0.03, 0.5, 2.0], dtype=torch.float64)
+    prior.log_prob(lam.float())  # builds and keeps it, on float32 copies of the float64 buffers
+    doubled = {k: 2 * v for k, v in kwargs.items()}
+    with torch.no_grad():
+        for key, value in doubled.items():
+            getattr(prior, key).fill_(value)
+    low = prior.log_prob(lam.float())
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, get_prior(name, **doubled).log_prob(lam).float())
+    torch.testing.assert_close(prior.log_prob(lam), get_prior(name, **doubled).log_prob(lam))
+
+
+@pytest.mark.parametrize("name", sorted(PRIORS))
 @pytest.mark.parametrize("energy,count", [(0.3, 12.0), (1e-5, 200.0), (40.0, 3.0), (0.0, 8.0)])
 def test_map_update_maximises_its_objective(name, energy, count):
     prior = get_prior(name, **PRIORS[name][0])

@@ -15,10 +15,12 @@ and :meth:`RankPrior.map_update` returns its maximiser (the closed-form M-step).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 _REGISTRY: dict[str, type[RankPrior]] = {}
 
@@ -62,6 +64,25 @@ class RankPrior(nn.Module, ABC):
     @abstractmethod
     def log_prob(self, variance: Tensor) -> Tensor:
         """Element-wise log density of the hyper-prior at ``λ = variance`` (up to a constant if improper)."""
+
+    def distribution(self, build: Callable[[torch.dtype], Distribution], dtype: torch.dtype) -> Distribution:
+        """``build(dtype)``, the prior's ``torch.distributions`` object, built once per hyper-parameter state.
+
+        Building one (its constraints and, for a transformed distribution, its transforms) costs
+        more than evaluating it, and the prior term runs every step; so the object is kept until a
+        hyper-parameter buffer is replaced or changed in place, or another ``dtype`` is asked for.
+        Under ``torch.compile`` or a ``torch.func`` transform (an ensemble's ``vmap``, where the
+        buffers are the particles' own) it is built afresh.
+        """
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return build(dtype)
+        buffers = tuple(self._buffers.values())
+        state = (dtype, tuple(b._version for b in buffers if b is not None))
+        entry = self.__dict__.get("_distribution")
+        if entry is None or entry[1] != state or any(a is not b for a, b in zip(entry[0], buffers, strict=True)):
+            entry = (buffers, state, build(dtype))  # holds the buffers alive: no other tensor can take their ids
+            self.__dict__["_distribution"] = entry
+        return entry[2]
 
     @abstractmethod
     def map_update(self, energy: Tensor, count: Tensor) -> Tensor:

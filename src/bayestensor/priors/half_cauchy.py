@@ -31,7 +31,8 @@ class HalfCauchyPrior(RankPrior, name="half_cauchy"):
         self.register_buffer("eta", as_buffer(positive_hyperparameter("eta", eta, self.name)))
 
     def log_prob(self, variance: Tensor) -> Tensor:  # noqa: D102
-        return HalfCauchy(self.eta.to(variance.dtype)).log_prob(variance.sqrt())
+        dist = self.distribution(lambda dtype: HalfCauchy(self.eta.to(dtype), validate_args=False), variance.dtype)
+        return dist.log_prob(variance.sqrt())
 
     def map_update(self, energy: Tensor, count: Tensor) -> Tensor:
         """Positive root of the M-step quadratic, in a cancellation-free form.

@@ -25,7 +25,10 @@ class InverseGammaPrior(RankPrior, name="inverse_gamma"):
         self.register_buffer("beta", as_buffer(positive_hyperparameter("beta", beta, self.name)))
 
     def log_prob(self, variance: Tensor) -> Tensor:  # noqa: D102
-        return InverseGamma(self.alpha.to(variance.dtype), self.beta.to(variance.dtype)).log_prob(variance)
+        dist = self.distribution(
+            lambda dtype: InverseGamma(self.alpha.to(dtype), self.beta.to(dtype), validate_args=False), variance.dtype
+        )
+        return dist.log_prob(variance)
 
     def map_update(self, energy: Tensor, count: Tensor) -> Tensor:  # noqa: D102
         return (energy + 2 * self.beta.to(energy.dtype)) / (count + 2 * self.alpha.to(energy.dtype) + 2)

@@ -361,7 +361,14 @@ class FactorizedTensor(nn.Module):
             return self.factors[0].new_zeros(())
         lam = torch.cat(self.rank_variances())
         energy, count, log_ratio, _ = self._prior_statistics(lam.dtype)
-        total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
+        if lam.requires_grad:  # rank_update="gradient": λ is learned through this term
+            total = (energy / (2 * lam) + 0.5 * count * torch.log(2 * math.pi * lam)).sum()
+            total = total - self.prior.log_prob(lam).sum()
+        else:  # λ is a buffer (the M-step's): its terms are constants of the loss and need no graph
+            with torch.no_grad():
+                weight = 0.5 / lam
+                const = (0.5 * count * torch.log(2 * math.pi * lam)).sum() - self.prior.log_prob(lam).sum()
+            total = torch.dot(energy, weight) + const  # Σ_r M_r / (2 λ_r) + Σ_r [D_r/2 log 2πλ_r − log p(λ_r)]
         if log_ratio is not None:
             spread = sum(p.numel() for plist in self.posterior.factor_parameters() for p in plist)
             total = total + 0.5 * spread * log_ratio
