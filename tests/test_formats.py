@@ -9,6 +9,7 @@ import bayestensor as bt
 from _oracle import ORACLES, tensorly_full
 from bayestensor.formats import TensorFormat, get_format
 from bayestensor.functional import plan_contraction, reconstruct_matrix, run_steps, squared_norm
+from bayestensor.functional.planning import gemm_of, run_gemm
 from bayestensor.functional.reconstruction import reconstruction
 
 # (out_shape, in_shape, max_rank) cases; paired formats (TTM) use only equal-length cases
@@ -153,7 +154,37 @@ PLANS = [
     (["x", "ab", "bc"], "ac", {"x": 1, "a": 2, "b": 3, "c": 4}),
     (["zab", "bc", "cd"], "ad", {"z": 3, "a": 2, "b": 3, "c": 4, "d": 2}),
     (["xab", "bc"], "xac", {"x": 1, "a": 2, "b": 3, "c": 4}),
+    (["aj", "cj", "dj"], "dacj", {"a": 2, "c": 3, "d": 4, "j": 5}),  # CP's Khatri-Rao: products, no contraction
+    (["jab", "jbc"], "cja", {"j": 3, "a": 2, "b": 4, "c": 5}),  # a batch index and a permuted result
 ]
+
+# two-operand equations: (equation, the kind of step it runs as)
+PAIRS = [
+    ("ab,bc->ac", "Gemm"),
+    ("abk,kcd->dbca", "Gemm"),
+    ("jab,jbc->cja", "Gemm"),
+    ("mn,lifn->ifml", "Gemm"),
+    ("kl,kl->", "Gemm"),
+    ("aj,cj->acj", "Product"),
+    ("acj,dj->jdca", "Product"),
+    ("ab,cd->dcba", "Product"),
+    ("aab,bc->ac", None),  # a diagonal
+    ("ab,bc->c", None),  # a summed out on its own
+]
+
+
+@pytest.mark.parametrize("eq,kind", PAIRS)
+def test_pairwise_step_runs_as_its_gemm_or_product_and_equals_einsum(eq, kind):
+    step = gemm_of(eq)
+    assert (type(step).__name__ if step is not None else None) == kind
+    if step is None:
+        return
+    torch.manual_seed(0)
+    size = {c: 2 + i for i, c in enumerate(sorted(set(eq) - set(",->")))}
+    terms = eq.split("->")[0].split(",")
+    a, b = (torch.randn([size[c] for c in t], dtype=torch.float64, requires_grad=True) for t in terms)
+    torch.testing.assert_close(run_gemm(step, a, b), torch.einsum(eq, a, b), rtol=1e-12, atol=1e-12)
+    torch.autograd.gradcheck(lambda a, b: run_gemm(step, a, b), (a, b))
 
 
 @pytest.mark.parametrize("terms,output,sizes", PLANS)

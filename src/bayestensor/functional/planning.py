@@ -45,6 +45,19 @@ class Gemm(NamedTuple):
     out_perm: tuple[int, ...] | None
 
 
+class Product(NamedTuple):
+    """A pairwise step that contracts nothing, as a broadcast multiply.
+
+    Both operands are permuted into the result's order, size-1 dims are inserted where the other
+    operand's indices go (``unsqueeze_a``, ``unsqueeze_b``, in order), and they are multiplied.
+    """
+
+    perm_a: tuple[int, ...]
+    unsqueeze_a: tuple[int, ...]
+    perm_b: tuple[int, ...]
+    unsqueeze_b: tuple[int, ...]
+
+
 class Step(NamedTuple):
     """One planned step of :func:`run_steps`.
 
@@ -56,18 +69,21 @@ class Step(NamedTuple):
     inds: tuple[int, ...]
     eq: str
     squeeze: tuple[tuple[int, ...], ...]
-    gemm: Gemm | None
+    gemm: Gemm | Product | None
 
 
 #: Planned pairwise steps (:class:`Step`).
 Steps = tuple[Step, ...]
 
 
-def gemm_of(eq: str) -> Gemm | None:
-    """The :class:`Gemm` of a two-operand einsum ``eq``, or ``None`` when it is not a plain matrix product.
+def gemm_of(eq: str) -> Gemm | Product | None:
+    """The :class:`Gemm` of a two-operand einsum ``eq``, its :class:`Product` when it contracts no index, or ``None``.
 
-    Not one: an index repeated within an operand (a diagonal) or one that only one operand has and
-    the result drops (a sum of its own).
+    ``None``: an index repeated within an operand (a diagonal) or one that only one operand has and
+    the result drops (a sum of its own). The batch, left and right indices are taken in the
+    result's order, as ``torch.einsum`` does, so the product lays its result out as einsum would.
+    A step that contracts nothing (CP's Khatri–Rao products, where the rank index is a batch index
+    of thousands of tiny matrices) is a broadcast multiply, not a ``bmm`` with an inner size of 1.
     """
     inputs, result = eq.split("->")
     terms = inputs.split(",")
@@ -78,10 +94,17 @@ def gemm_of(eq: str) -> Gemm | None:
         return None
     if any(c not in result and not (c in a and c in b) for c in a + b):
         return None
-    batch = [c for c in a if c in b and c in result]
+    batch = [c for c in result if c in a and c in b]
     contracted = [c for c in a if c in b and c not in result]
-    left = [c for c in a if c not in b]
-    right = [c for c in b if c not in a]
+    left = [c for c in result if c in a and c not in b]
+    right = [c for c in result if c in b and c not in a]
+    if not contracted:
+        return Product(
+            perm_a=tuple(a.index(c) for c in result if c in a),
+            unsqueeze_a=tuple(i for i, c in enumerate(result) if c not in a),
+            perm_b=tuple(b.index(c) for c in result if c in b),
+            unsqueeze_b=tuple(i for i, c in enumerate(result) if c not in b),
+        )
     mid = batch + left + right
     out_perm = tuple(mid.index(c) for c in result)
     return Gemm(
@@ -94,9 +117,15 @@ def gemm_of(eq: str) -> Gemm | None:
     )
 
 
-def run_gemm(g: Gemm, a: Tensor, b: Tensor) -> Tensor:
-    """Execute a :class:`Gemm` step: ``torch.einsum`` of its equation, as one ``mm`` or ``bmm``."""
-    a, b = a.permute(g.perm_a), b.permute(g.perm_b)  # (batch…, left…, k…), (batch…, k…, right…)
+def run_gemm(g: Gemm | Product, a: Tensor, b: Tensor) -> Tensor:
+    """Execute a :class:`Gemm` (its equation's ``torch.einsum`` as one ``mm`` / ``bmm``) or a :class:`Product`."""
+    a, b = a.permute(g.perm_a), b.permute(g.perm_b)
+    if isinstance(g, Product):
+        for dim in g.unsqueeze_a:
+            a = a.unsqueeze(dim)
+        for dim in g.unsqueeze_b:
+            b = b.unsqueeze(dim)
+        return a * b  # (batch…, left…, k…), (batch…, k…, right…)
     bs, ls, ks = a.shape[: g.nb], a.shape[g.nb : g.nb + g.nl], a.shape[g.nb + g.nl :]
     rs = b.shape[g.nb + g.nk :]
     nl, nk, nr = math.prod(ls), math.prod(ks), math.prod(rs)
