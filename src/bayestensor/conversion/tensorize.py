@@ -75,7 +75,7 @@ def tensorize(
     apply to it.
 
     Types match exactly. Modules of a subclass of those types, modules with unsupported
-    settings (``padding_mode="reflect"``, ``max_norm``, ``add_bias_kv``, …) and modules whose
+    settings (``max_norm``, ``add_bias_kv``, …) and modules whose
     weight is tied to another module's (an LM head tied to its embedding) are left dense; one
     warning names each with the reason, and naming one exactly in ``include`` is an error. The
     feed-forward layers of an ``nn.TransformerEncoderLayer`` are converted only together with its

@@ -4,12 +4,13 @@ A contraction is planned once per (network, batch bucket) with ``opt_einsum``'s 
 programming optimiser and stored as a tuple of pairwise steps; executing it is a loop with no
 path search. A pairwise step that is a matrix product (every index of its operands is kept or
 contracted between them) runs as one ``mm`` / ``bmm`` between permuted views, with the
-permutations worked out at planning time (:class:`Gemm`); ``torch.einsum`` does the same
-per call after parsing its equation, with several times the overhead on the small tensors of
-a factorized layer (37 against 13 µs for a ``14 × 14`` bond matrix times a ``14 × 8 × 8 × 14``
-TTM core, one CPU thread). Other steps call ``torch.einsum``. Planners that callers run inside a forward are
-wrapped in :func:`~.constant.assume_constant_result`, so under ``torch.compile`` the plan is a
-constant and the traced graph holds only the einsum calls.
+permutations worked out at planning time (:class:`Gemm`), and one that contracts nothing as a
+broadcast multiply (:class:`Product`). ``torch.einsum`` does the same per call after parsing its
+equation, with several times the overhead on the small tensors of a factorized layer (37 against
+13 µs for a ``14 × 14`` bond matrix times a ``14 × 8 × 8 × 14`` TTM core, one CPU thread). Other
+steps call ``torch.einsum``. Planners that callers run inside a forward are wrapped in
+:func:`~.constant.assume_constant_result`, so under ``torch.compile`` the plan is a constant and
+the traced graph holds only the steps' tensor operations.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class Step(NamedTuple):
     """One planned step of :func:`run_steps`.
 
     Its operands' positions in the current list (in argument order), its einsum equation, per
-    operand the size-1 dims squeezed out first, and the step as a :class:`Gemm` when it is a
-    matrix product.
+    operand the size-1 dims squeezed out first, and how it runs (:func:`gemm_of`): as a
+    :class:`Gemm`, a :class:`Product`, or (``None``) by ``torch.einsum``.
     """
 
     inds: tuple[int, ...]
@@ -120,12 +121,13 @@ def gemm_of(eq: str) -> Gemm | Product | None:
 def run_gemm(g: Gemm | Product, a: Tensor, b: Tensor) -> Tensor:
     """Execute a :class:`Gemm` (its equation's ``torch.einsum`` as one ``mm`` / ``bmm``) or a :class:`Product`."""
     a, b = a.permute(g.perm_a), b.permute(g.perm_b)
-    if isinstance(g, Product):
+    if isinstance(g, Product):  # both in the result's index order
         for dim in g.unsqueeze_a:
             a = a.unsqueeze(dim)
         for dim in g.unsqueeze_b:
             b = b.unsqueeze(dim)
-        return a * b  # (batch…, left…, k…), (batch…, k…, right…)
+        return a * b
+    # a: (batch…, left…, k…), b: (batch…, k…, right…)
     bs, ls, ks = a.shape[: g.nb], a.shape[g.nb : g.nb + g.nl], a.shape[g.nb + g.nl :]
     rs = b.shape[g.nb + g.nk :]
     nl, nk, nr = math.prod(ls), math.prod(ks), math.prod(rs)
@@ -211,7 +213,7 @@ def run_steps(steps: Steps, operands: Sequence[Tensor]) -> Tensor:
 
     Each step names the positions of its operands in the current list, in argument order (they
     are removed and the step's result is appended), its equation, per operand the size-1 dims to
-    squeeze out before it (see :func:`plan_contraction`), and its :class:`Gemm`, if it is one.
+    squeeze out before it (see :func:`plan_contraction`), and its :class:`Gemm` or :class:`Product`.
     """
     ops = list(operands)
     for inds, eq, squeeze, gemm in steps:

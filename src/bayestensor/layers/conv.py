@@ -194,7 +194,7 @@ class TensorizedConv2d(TensorizedModule):
         self._conv_padding = tuple(a for a, _ in self.side_padding) if symmetric and padding_mode == "zeros" else (0, 0)
         (top, bottom), (left, right) = self.side_padding
         self._input_padding = (
-            None if any(self._conv_padding) or not (top or bottom or left or right) else ((left, right, top, bottom))
+            None if any(self._conv_padding) or not (top or bottom or left or right) else (left, right, top, bottom)
         )
         self.strategy = strategy
         per_group = in_channels // groups
@@ -366,9 +366,10 @@ class TensorizedConv2d(TensorizedModule):
         layer = cls(
             conv.in_channels,
             conv.out_channels,
-            *(v[0] if isinstance(v, tuple) and len(v) == 1 else v for v in (conv.kernel_size, conv.stride)),
-            conv.padding if isinstance(conv.padding, str) or len(conv.padding) > 1 else conv.padding[0],
-            conv.dilation[0] if len(conv.dilation) == 1 else conv.dilation,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,

@@ -76,13 +76,24 @@ class RankPrior(nn.Module, ABC):
         """
         if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return build(dtype)
-        buffers = tuple(self._buffers.values())
+        buffers = tuple(self._buffers.values())  # compared by identity: .to() or a load with assign replaces them
         state = (dtype, tuple(b._version for b in buffers if b is not None))
         entry = self.__dict__.get("_distribution")
-        if entry is None or entry[1] != state or any(a is not b for a, b in zip(entry[0], buffers, strict=True)):
-            entry = (buffers, state, build(dtype))  # holds the buffers alive: no other tensor can take their ids
+        if (
+            entry is None
+            or entry[1] != state
+            or len(entry[0]) != len(buffers)
+            or any(a is not b for a, b in zip(entry[0], buffers, strict=True))
+        ):
+            entry = (buffers, state, build(dtype))
             self.__dict__["_distribution"] = entry
         return entry[2]
+
+    def __getstate__(self) -> dict:
+        """The module's state without the kept distribution object (pickling, ``copy.deepcopy``)."""
+        state = dict(self.__dict__)
+        state.pop("_distribution", None)
+        return state
 
     @abstractmethod
     def map_update(self, energy: Tensor, count: Tensor) -> Tensor:
