@@ -6,9 +6,9 @@ path search. A pairwise step that is a matrix product (every index of its operan
 contracted between them) runs as one ``mm`` / ``bmm`` between permuted views, with the
 permutations worked out at planning time (:class:`Gemm`), and one that contracts nothing as a
 broadcast multiply (:class:`Product`). ``torch.einsum`` does the same per call after parsing its
-equation, with several times the overhead on the small tensors of a factorized layer (37 against
-13 µs for a ``14 × 14`` bond matrix times a ``14 × 8 × 8 × 14`` TTM core, one CPU thread). Other
-steps call ``torch.einsum``. Planners that callers run inside a forward are wrapped in
+equation, which on the small tensors of a factorized layer costs more than the product itself
+(``benchmarks/linear_ab.py`` times the two side by side). Other steps call ``torch.einsum``.
+Planners that callers run inside a forward are wrapped in
 :func:`~.constant.assume_constant_result`, so under ``torch.compile`` the plan is a constant and
 the traced graph holds only the steps' tensor operations.
 """
