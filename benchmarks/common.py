@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import os
+import re
 import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -129,3 +137,23 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for r in rows:
         table.add_row(*r)
     Console(width=160).print(table)
+
+
+def load_package_at(rev: str, repo: Path) -> types.ModuleType:
+    """The whole ``bayestensor`` package as it was at git revision ``rev``, imported beside this checkout's.
+
+    ``src/bayestensor`` at ``rev`` (``git archive``) is imported as the package ``bayestensor_<rev>``.
+    Its modules import each other relatively, so the two builds share nothing but torch, and a
+    benchmark can time both in the same interleaved rounds.
+    """
+    archive = subprocess.run(["git", "archive", rev, "src/bayestensor"], cwd=repo, capture_output=True, check=True)
+    root = Path(tempfile.mkdtemp(prefix="bayestensor_ab_"))
+    name = "bayestensor_" + re.sub(r"\W", "_", rev)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                dest = root / name / Path(member.name).relative_to("src/bayestensor")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tar.extractfile(member).read())
+    sys.path.insert(0, str(root))
+    return importlib.import_module(name)

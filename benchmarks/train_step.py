@@ -1,7 +1,7 @@
 """One full training step of a tensorized model against its dense twin: fixed rank, MAP and SVI.
 
 Run:  python benchmarks/train_step.py [--model fc|cnn|all] [--batch 128] [--threads 1] [--rounds 15]
-      [--device cpu|cuda] [--compile]
+      [--device cpu|cuda] [--compile] [--base REV]
 
 A step is forward, cross-entropy, the prior term through ``bt.ARD`` (``β = 1`` from the first
 step, so the prior, its gradient and the λ M-step in the optimizer hook all run), backward and an
@@ -17,6 +17,10 @@ times ``bt.prior_loss`` with its backward alone, the Bayesian term's share of a 
 step and the prior term are also timed with the default scale floor off (``scale_floor=0``), its cost.
 On the CNN a MAP step is also timed with the TT convolution handing its input's gradient back as its
 channel einsum returns it (channels innermost), the cost of not restoring the input's layout.
+
+``--base REV`` adds the fixed-rank, MAP, prior-term and SVI cases of the package as it was at git
+revision ``REV`` (imported beside this checkout's, ``common.load_package_at``), timed in the same
+rounds on the same batch: an A/B of two builds.
 
 ``--compile`` adds the dense, MAP and SVI steps with their forward objective under
 ``torch.compile(fullgraph=True, dynamic=False)`` (default inductor backend; backward is the
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_samples, paired_ratios, print_table  # noqa: E402
+from common import interleaved_samples, load_package_at, paired_ratios, print_table  # noqa: E402
 
 import bayestensor as bt  # noqa: E402
 from bayestensor.layers import conv as conv_layer  # noqa: E402
@@ -65,21 +69,24 @@ def cnn() -> nn.Module:
 MODELS = {"fc": (fc, "ttm", 14, 1000), "cnn": (cnn, "tt", 16, 10_000)}
 
 
-def build(name: str, method: str | None, device: str, **kwargs) -> nn.Module:
-    """The dense model (``method="dense"``) or its tensorized twin with ``method`` (``None`` = fixed rank)."""
+def build(name: str, method: str | None, device: str, lib=bt, **kwargs) -> nn.Module:
+    """The dense model (``method="dense"``) or its tensorized twin with ``method`` (``None`` = fixed rank).
+
+    ``lib`` is the ``bayestensor`` package that tensorizes it (this checkout's, or a revision's).
+    """
     torch.manual_seed(0)
     make, fmt, rank, min_params = MODELS[name]
     model = make()
     if method != "dense":
-        model, _ = bt.tensorize(
+        model, _ = lib.tensorize(
             model, format=fmt, max_rank=rank, method=method, init="random", min_params=min_params, **kwargs
         )
     return model.to(device)
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool, compile: bool = False):
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool, compile: bool = False, lib=bt):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ard = bt.ARD(model, opt, num_data=NUM_DATA, epochs=1, no_kl_epochs=0, warmup_epochs=0) if bayes else None
+    ard = lib.ARD(model, opt, num_data=NUM_DATA, epochs=1, no_kl_epochs=0, warmup_epochs=0) if bayes else None
 
     def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(model(x), y)
@@ -97,10 +104,10 @@ def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bayes: bool, com
     return step
 
 
-def prior_fn(model: nn.Module):
+def prior_fn(model: nn.Module, lib=bt):
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        (bt.prior_loss(model) / NUM_DATA).backward()
+        (lib.prior_loss(model) / NUM_DATA).backward()
 
     return step
 
@@ -141,6 +148,13 @@ def run(name: str, args: argparse.Namespace) -> None:
                 cases["MAP, conv input gradient as the einsum returns it"] = einsum_layout_fn(
                     step_fn(twin, x, y, bayes=True)
                 )
+    if args.base:
+        for method in (None, "map", "svi"):
+            model = build(name, method, args.device, lib=args.base_lib)
+            label = {None: "fixed rank", "map": "MAP", "svi": "SVI"}[method] + f" ({args.base})"
+            cases[label] = step_fn(model, x, y, bayes=method is not None, lib=args.base_lib)
+            if method == "map":
+                cases[f"MAP prior term only ({args.base})"] = prior_fn(model, lib=args.base_lib)
     if args.compile:
         for method in ("dense", "map", "svi"):
             model = build(name, method, args.device)
@@ -169,7 +183,9 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time the steps under torch.compile")
+    parser.add_argument("--base", default="", help="also time the cases of the package at this git revision")
     args = parser.parse_args()
+    args.base_lib = load_package_at(args.base, Path(__file__).resolve().parents[1]) if args.base else None
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False on this machine")
     if args.threads > 0:

@@ -100,3 +100,18 @@ def test_train_step_benchmark_smoke():
     assert result.returncode == 0, result.stderr
     for case in ("fixed rank", "MAP prior term only", "SVI", "MAP compiled"):
         assert f"│ {case} " in result.stdout, case
+
+
+def test_train_step_benchmark_times_a_revision_beside_this_checkout():
+    """``--base REV`` imports the package at REV beside this one and times its cases in the same rounds."""
+    root = EXAMPLES.parent
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the benchmark compares against a git revision")
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "train_step.py"), "--model", "fc", "--rounds", "1", "--inner", "1",
+         "--batch", "8", "--base", "HEAD"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for case in ("fixed rank", "MAP", "MAP prior term only", "SVI"):
+        assert f"│ {case} " in result.stdout and f"│ {case} (HEAD) " in result.stdout, case
