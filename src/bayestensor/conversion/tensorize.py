@@ -185,17 +185,15 @@ def tensorize(
         rank = 16 if max_rank is None and is_table else max_rank
         new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
         new.train(module.training)
-        if not name:  # the model itself was the layer
+        if name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, new)
+        else:  # the model itself was the layer (then the only target)
             model = new
-            summary.extend(_summary_row(sub_name, module, sub) for sub_name, sub in new.named_modules()
-                           if isinstance(sub, TensorizedModule))  # fmt: skip
-            break
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
         for sub_name, sub in new.named_modules():
             if isinstance(sub, TensorizedModule):
-                summary.append(_summary_row(f"{name}.{sub_name}" if sub_name else name, module, sub))
+                summary.append(_summary_row(".".join(n for n in (name, sub_name) if n), module, sub))
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, LAYER_TYPES) for m in module.modules()):
             module.use_nested_tensor = False

@@ -256,8 +256,8 @@ def cp_rank_floor(tensor: Tensor, max_change: float, rank: int | None = None) ->
         rows = math.prod(dims[n] for n in rows_modes)
         mat = t.permute(*rows_modes, *rest).reshape(rows, total // rows)
         gram = mat @ mat.T if mat.shape[0] <= mat.shape[1] else mat.T @ mat  # (m, m), m the smaller side
-        energies = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)  # σ_i², descending
-        tails = energies.flip(0).cumsum(0).flip(0)  # tails[k] = Σ_{i ≥ k} σ_i², k = 0 … m-1
+        energies = torch.linalg.eigvalsh(gram).clamp_min(0.0)  # σ_i², ascending
+        tails = energies.cumsum(0).flip(0)  # tails[k] = Σ_{i ≥ k} σ_i² (descending order), k = 0 … m-1
         allowed = (max_change**2 + 8 * gram.shape[0] * torch.finfo(torch.float64).eps) * norm2
         within = (tails <= allowed).nonzero()
         floor = max(floor, int(within[0]) if within.numel() else gram.shape[0])
