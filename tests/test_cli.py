@@ -119,7 +119,7 @@ def test_training_output_is_quiet_off_a_terminal(tmp_path, capsys):
 
 
 def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsys):
-    """A bad tolerance or target, or a warm-up longer than the run, is named; the run already in the folder is kept."""
+    """A bad tolerance, target or max rank, or a warm-up longer than the run, is named; the saved run is kept."""
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
     (run,) = tmp_path.iterdir()
     saved = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
@@ -129,6 +129,8 @@ def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsy
     assert "train.target_compression: expected 0 (off) or a compression > 1, got 1.0" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.lr_schedule=linear"])
     assert "train.lr_schedule: expected one of 'constant', 'cosine', got 'linear'" in err
+    err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--max-rank", "-1"])
+    assert "model.max_rank: expected a rank >= 1, or 0 for ranks from a parameter budget, got -1" in err
     err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--epochs", "1"])  # the default warm-up is 12
     assert "longer than the run" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "data.validation=40"])

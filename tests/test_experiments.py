@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from bayestensor.cli.main import main
 from bayestensor.data import KAGGLE_CARDINALITIES
 from bayestensor.experiments import available_experiments
 from bayestensor.experiments.auc import roc_auc
+from bayestensor.experiments.config import ConfigError, RunConfig
 from bayestensor.experiments.dlrm_model import DLRM, largest_tables
+from bayestensor.experiments.models import tensor_kwargs
 from bayestensor.experiments.optim import LazyAdam
+from bayestensor.experiments.resnet import CifarResNet
 from bayestensor.experiments.run_state import layer_table, weight_rms
 from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
 from bayestensor.io import load, save
@@ -183,6 +187,27 @@ def test_export_round_trip_of_a_pruned_model(tmp_path):
     model.eval()
     assert torch.equal(back(dense, sparse), model(dense, sparse))
     assert bt.ranks(back) == bt.ranks(model) and bt.count_params(back) == bt.count_params(model)
+
+
+@pytest.mark.parametrize("fmt", bt.available_formats())
+def test_max_rank_zero_starts_every_tensorized_layer_from_the_parameter_budget(fmt):
+    """``model.max_rank = 0``: each layer's ranks are the largest uniform ones within 10 % of its dense weight."""
+    cfg = RunConfig()
+    cfg.model.format, cfg.model.max_rank = fmt, 0
+    kwargs = tensor_kwargs(cfg.model)
+    assert kwargs["max_rank"] is None
+    model = CifarResNet(8, 10, 1.0, kwargs, in_channels=1)
+    layers = bt.inference.tensorized_layers(model)
+    assert layers
+    for name, layer in layers:
+        t = layer.weight
+        dense = math.prod(t.out_shape) * math.prod(t.in_shape)
+        bigger = t.fmt.resolve_ranks([r + 1 for r in t.ranks], t.out_shape, t.in_shape)
+        assert t.n_params() <= 0.1 * dense, name
+        assert bigger == list(t.ranks) or t.fmt.n_params(t.out_shape, t.in_shape, bigger) > 0.1 * dense, name
+    cfg.model.max_rank = -2
+    with pytest.raises(ConfigError, match=r"model\.max_rank: expected a rank >= 1, or 0 .* got -2"):
+        tensor_kwargs(cfg.model)
 
 
 def test_roc_auc_matches_the_pairwise_definition():

@@ -18,7 +18,7 @@ class ModelConfig:
     """What to build: tensor format, ranks and the Bayesian treatment of the ranks."""
 
     format: str = "ttm"
-    max_rank: int = 10
+    max_rank: int = 10  # 0: ranks from a parameter budget, 10 % of each dense weight (the layers' max_rank=None)
     method: str = "map"  # "map" | "svi" | "none" (fixed ranks) | "svgd" | "sghmc" (MAP, then the [sampler] phase)
     prior: str = "half_cauchy"
     prior_kwargs: dict[str, float] = field(default_factory=dict)

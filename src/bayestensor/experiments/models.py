@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..layers import TensorizedConv2d, TensorizedLinear
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 #: Methods that train MAP layers and then sample the posterior over them (:mod:`.posterior`).
 SAMPLERS = ("svgd", "sghmc")
@@ -28,9 +28,13 @@ def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
     """
     if cfg.dense:
         return None
+    if isinstance(cfg.max_rank, bool) or not isinstance(cfg.max_rank, int) or cfg.max_rank < 0:
+        raise ConfigError(
+            f"model.max_rank: expected a rank >= 1, or 0 for ranks from a parameter budget, got {cfg.max_rank!r}"
+        )
     return {
         "format": cfg.format,
-        "max_rank": cfg.max_rank,
+        "max_rank": cfg.max_rank or None,
         "method": layer_method(cfg.method),
         "prior": cfg.prior,
         "prior_kwargs": dict(cfg.prior_kwargs),
