@@ -28,7 +28,7 @@ def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
     """
     if cfg.dense:
         return None
-    if isinstance(cfg.max_rank, bool) or not isinstance(cfg.max_rank, int) or cfg.max_rank < 0:
+    if cfg.max_rank < 0:  # an int: TOML and --set values are type-checked when read (config._check_type)
         raise ConfigError(
             f"model.max_rank: expected a rank >= 1, or 0 for ranks from a parameter budget, got {cfg.max_rank!r}"
         )
