@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ from bayestensor.cli.main import main
 from bayestensor.data import load_digits_ood, load_fashion_mnist
 from bayestensor.experiments.checkpoint import load_checkpoint
 from bayestensor.experiments.models import SAMPLERS
+from bayestensor.experiments.posterior import SamplerPhase
+from bayestensor.experiments.registry import default_config, get_experiment
 from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
 from bayestensor.inference import ood_auroc, predictive_entropy
+from bayestensor.inference.ard import MIN_BETA_SCALE
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -78,6 +82,36 @@ def test_resume_in_the_sampler_phase_matches_an_uninterrupted_run(method, tmp_pa
     pa = torch.load(run_dir / "posterior.pt", weights_only=True)
     pb = torch.load(full / run_dir.name / "posterior.pt", weights_only=True)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.mark.parametrize("target", [0.0, 3.0])
+def test_the_sampler_samples_at_the_kl_weight_the_stated_trade_off_held_map_at(target, tmp_path):
+    """With ``train.target_compression`` past the start, ARD's cap holds β at its floor; the sampler keeps it there."""
+    data = write_idx_dir(tmp_path / "fashion")
+    args = _args(data, tmp_path / "runs", "svgd", "--set", f"train.target_compression={target}")
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    ard = load_checkpoint(run_dir / "checkpoint.pt")["ard"]
+    scale = ard["cap_beta_scale"] * ard["beta_scale"]  # the target's and the tolerance's multipliers
+    assert scale == (1.0 if target == 0 else MIN_BETA_SCALE)  # the smoke model starts at 25.9x, past the target
+    beta = tomllib.loads((run_dir / "config.toml").read_text())["train"]["kl_weight"]  # the run's train.kl_weight
+    assert report["sampler_kl_weight"] == pytest.approx(beta * scale, rel=1e-12)
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kl_weight"] for r in rows if "sampler_epoch" in r] == [report["sampler_kl_weight"]] * 2
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_the_sampler_phase_runs_at_the_kl_weight_it_is_given(method):
+    """The sampler's potential uses the trainer's ``β`` (``m · train.kl_weight``), and the config's without one."""
+    cfg = default_config("digits-fc")
+    cfg.model.method, cfg.sampler.init, cfg.sampler.particles = method, "map", 2
+    exp = get_experiment("digits-fc")
+    model = exp.build_model(cfg)
+    given = SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg), kl_weight=0.25)
+    assert given.sampler.kl_weight == given.kl_weight == 0.25 != cfg.train.kl_weight
+    default = SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg))
+    assert default.sampler.kl_weight == default.kl_weight == cfg.train.kl_weight
 
 
 def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):

@@ -2,7 +2,14 @@
 
 The MAP epochs (``train.epochs``, ARD with its warm-up and pruning) determine the ranks. Then
 ``sampler.particles`` particles (SVGD) or chains (SGHMC) run for ``sampler.epochs`` passes over the
-training data with the same batch size, at ``β = train.kl_weight``:
+training data with the same batch size, at the KL weight the MAP phase's ARD ended at,
+``β = train.kl_weight · m`` with ``m`` the multiplier of its ``train.tolerance`` and
+``train.target_compression`` controllers (:attr:`~bayestensor.ARD.beta_scale`; ``m = 1`` without
+them). A stated trade-off holds the MAP phase's prior at ``m β``; a sampler at the full ``β`` would
+go on pulling the components the trade-off kept, and the final pruning would remove them
+(``fashion-mnist-resnet`` with ``target_compression = 10``: SVGD ended at 15.7× against its MAP
+phase's 11.4×, and below MAP in accuracy and NLL). The particles thus sample the posterior the
+stated trade-off chose:
 
 * ``sampler.init = "scratch"`` (default): every particle is a fresh initialisation of the
   experiment's model at the ranks ARD found (:meth:`~bayestensor.Ensemble.from_scratch`), so the
@@ -104,10 +111,13 @@ class SamplerPhase:
         num_train: int,
         steps_per_epoch: int,
         build: Callable[[], nn.Module],
+        kl_weight: float | None = None,
     ) -> None:
         check_sampler_config(cfg)
         s = cfg.sampler
         self.method = cfg.model.method
+        #: ``β`` of the potential: ``kl_weight`` (the trainer passes ``m · train.kl_weight``), else the config's
+        self.kl_weight = cfg.train.kl_weight if kl_weight is None else float(kl_weight)
         self.prune_threshold = cfg.train.prune_threshold
         if s.init == "scratch":
             self.ensemble = Ensemble.from_scratch(build, s.particles, ranks=ranks(model))
@@ -121,7 +131,7 @@ class SamplerPhase:
                 self.ensemble,
                 self.optimizer,
                 num_data=num_train,
-                kl_weight=cfg.train.kl_weight,
+                kl_weight=self.kl_weight,
                 bandwidth=s.bandwidth if s.bandwidth > 0 else None,
             )
         else:
@@ -136,7 +146,7 @@ class SamplerPhase:
                 burn_in=burn_in,
                 thin=thin,
                 max_samples=s.max_samples,
-                kl_weight=cfg.train.kl_weight,
+                kl_weight=self.kl_weight,
             )
 
     def step(self, x: Tensor, y: Tensor) -> float:

@@ -295,7 +295,9 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     posterior = None
     if sampling:
         steps = -(-task.num_train // cfg.train.batch_size)
-        phase = SamplerPhase(cfg, model, task.num_train, steps, lambda: exp.build_model(cfg).to(device))
+        # the KL weight ARD ended at: the stated trade-off (tolerance, target) holds the sampler's prior too
+        beta = cfg.train.kl_weight * ard.beta_scale
+        phase = SamplerPhase(cfg, model, task.num_train, steps, lambda: exp.build_model(cfg).to(device), beta)
         done = state.get("sampler") if resume else None
         if done is not None:
             phase.load_state_dict(done["state"])
@@ -307,6 +309,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                 "epoch": cfg.train.epochs + k,
                 "sampler_epoch": k,
                 **out,
+                "kl_weight": phase.kl_weight,
                 **task.epoch_metrics(current),
                 "particles": current.num_particles,
                 "params": count_params(phase.ensemble.base),  # per particle
@@ -339,7 +342,11 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         **final,
         "accuracy_before_prune": before["test_accuracy"],
         "predictive_samples": posterior.num_particles if posterior is not None else samples,
-        **({"sampler": dataclasses.asdict(cfg.sampler)} if posterior is not None else {}),
+        **(
+            {"sampler": dataclasses.asdict(cfg.sampler), "sampler_kl_weight": phase.kl_weight}
+            if posterior is not None
+            else {}
+        ),
         "dense_params": dense,
         "initial_params": initial_params,
         "params_before_prune": params_before,
