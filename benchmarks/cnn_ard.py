@@ -3,10 +3,12 @@
 python benchmarks/cnn_ard.py [--models lenet5,vgg,resnet20] [--variants dense,fixed,map,svi] [--epochs 3]
                              [--train-limit 0] [--kl-weight 1.0] [--tolerance T [--holdout N]] [--finetune K]
                              [--target R] [--curve R1,R2,... [--plot FILE]] [--lr-schedule constant|cosine]
+                             [--init random|frames]
                              [--save FILE.jsonl] [--threads N] [--smoke]
 python benchmarks/cnn_ard.py --plot-from A.jsonl,B.jsonl --plot FILE   # plot runs saved by --save (no training)
 
 Every model is built dense (plain torch.nn), then ``bt.tensorize(net, format="tt", method=..., init="random")``
+(``--init frames``: isometric frames, ``bt.tensorize``'s ``init="frames"``)
 with the library's defaults (ranks from a 10 % parameter budget, layers of >= 10,000 parameters) and the same
 recipe for all three: Adam 1e-3 (held, or with ``--lr-schedule cosine`` decayed to 0 by a per-step cosine),
 batch 128, ``bt.ARD`` with its default warm-up and pruning every epoch. The dense twin trains with the same
@@ -128,7 +130,7 @@ def run(name: str, variant: str, data, args, target: float | None = None) -> dic
         method = None if variant == "fixed" else variant
         options = prior_kwargs(args)
         net, summary = bt.tensorize(
-            net, format=args.format, method=method, init="random", start_fraction=args.start_fraction,
+            net, format=args.format, method=method, init=args.init, start_fraction=args.start_fraction,
             **({"prior_kwargs": options} if options and method else {}),
         )  # fmt: skip
     factors = [p for n, p in net.named_parameters() if ".factors." in n or ".raw_scales." in n]
@@ -192,6 +194,7 @@ def main() -> None:
         help="cosine: every lr decays to 0 per step",
     )
     p.add_argument("--start-fraction", type=float, default=0.1)
+    p.add_argument("--init", choices=("random", "frames"), default="random", help="bt.tensorize's init")
     p.add_argument("--scale-free", action="store_true", help="the prior ignores each layer's overall scale")
     p.add_argument(
         "--scale-floor", type=float, default=None, help="the prior's scale_floor (default: the library's; 0: off)"

@@ -125,6 +125,73 @@ def test_init_std_of_reconstruction_does_not_explode_or_vanish(name, num_modes):
     assert 0.6 < ratio < 1.4, ratio
 
 
+@pytest.mark.parametrize("name", bt.available_formats())
+@pytest.mark.parametrize("num_modes", [2, 3])
+def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name, num_modes):
+    """``init="frames"``: non-root factors of a tree network are isometries along their bond to the root (not CP)."""
+    fmt = get_format(name)
+    out_s, in_s = (4,) * num_modes, (3,) * num_modes
+    ranks = fmt.resolve_ranks(5, out_s, in_s)
+    network = fmt.network(out_s, in_s, ranks)
+    frames = network.isometry_frames()
+    joins = [sum(b in idx for idx in network.factor_indices) for b in network.bond_indices]
+    assert (frames is None) == any(j != 2 for j in joins)  # CP's rank index is a hyper-edge
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(3**num_modes, 4**num_modes)
+    layer = bt.TensorizedLinear.from_dense(
+        dense, format=name, max_rank=5, in_shape=in_s, out_shape=out_s, init="frames"
+    )
+    t = layer.weight
+    assert t.ranks == ranks
+    assert t.weight_rms() == pytest.approx(float(dense.weight.std()), rel=1e-5)  # the dense layer's init std
+    if frames is None:
+        return
+    root, members = frames
+    assert sorted([root, *(f for f, _ in members)]) == list(range(len(t.factors)))  # every other factor once
+    for f, axis in members:
+        m = t.factors[f].detach().double().movedim(axis, -1)
+        m = m.reshape(-1, m.shape[-1])  # (other indices, bond towards the root)
+        gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+        scale = float(gram.diagonal().mean())  # each factor keeps the scale of its i.i.d. draw
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+        torch.testing.assert_close(gram, scale * eye, atol=1e-6 * scale, rtol=0)
+
+
+def test_isometric_frames_spread_a_tt_convolution_spectrum():
+    """``init="frames"``: at the 10 % budget a TT conv's (out | kernel, in) unfolding spreads over its directions.
+
+    The effective rank ``(Σσ)² / Σσ²`` of i.i.d. Gaussian cores, averaged over 20 draws, against that of
+    the layer's own initialisation: the frames lift it to within 10 % of the bond's rank.
+    """
+    torch.manual_seed(0)
+    dense = torch.nn.Conv2d(64, 64, 3, padding=1)
+    t = bt.TensorizedConv2d.from_dense(dense, format="tt", max_rank=None, init="frames").weight  # the 10 % budget
+    bond = t.ranks[len(t.out_shape) - 1]  # the bond between the output modes and the kernel mode
+
+    def effective_rank(w):
+        s = torch.linalg.svdvals(w.double())
+        return float(s.sum() ** 2 / s.square().sum())
+
+    gen = torch.Generator().manual_seed(1)
+    iid = [
+        effective_rank(
+            reconstruct_matrix(
+                "tt",
+                [
+                    torch.randn(s, generator=gen, dtype=torch.float64)
+                    for s in t.fmt.factor_shapes(t.out_shape, t.in_shape, t.ranks)
+                ],
+                t.out_shape,
+                t.in_shape,
+                tuple(t.ranks),
+            )
+        )
+        for _ in range(20)
+    ]
+    ours = effective_rank(t.to_matrix().detach())
+    assert ours > 0.9 * bond > sum(iid) / len(iid) + 1, (ours, bond, sum(iid) / len(iid))
+
+
 @pytest.mark.parametrize("name,out_s,in_s,rank", ALL)
 def test_squared_norm_equals_that_of_the_reconstruction(name, out_s, in_s, rank):
     fmt = get_format(name)

@@ -71,6 +71,37 @@ class Network:
             )
         return groups
 
+    def isometry_frames(self) -> tuple[int, tuple[tuple[int, int], ...]] | None:
+        """``(root, ((factor, axis), ...))`` of a tree network, or ``None`` when a bond joins more than two factors.
+
+        The root is the factor with the most bonds (ties: the most entries, then the last). Every
+        other factor is listed once, with the axis of its bond towards the root, in the order of
+        a breadth-first walk from the root. A weight whose non-root factors are isometries along
+        those axes has, at the unfolding of any bond, the singular values of the root's side
+        alone: what a QR sweep of TT-SVD or the orthonormal factors of a HOSVD give. CP's rank
+        index joins all factors (a hyper-edge), so CP has no such frames.
+        """
+        members: dict[str, list[int]] = {b: [] for b in self.bond_indices}
+        for f, idx in enumerate(self.factor_indices):
+            for name in idx:
+                if name in members:
+                    members[name].append(f)
+        if any(len(fs) != 2 for fs in members.values()):
+            return None
+        shapes = self.factor_shapes()
+        degree = [sum(name in members for name in idx) for idx in self.factor_indices]
+        root = max(range(len(shapes)), key=lambda f: (degree[f], math.prod(shapes[f]), f))
+        frames, seen, queue = [], {root}, [root]
+        while queue:
+            parent = queue.pop(0)
+            for name in self.factor_indices[parent]:
+                for child in members.get(name, []):
+                    if child not in seen:
+                        seen.add(child)
+                        queue.append(child)
+                        frames.append((child, self.factor_indices[child].index(name)))
+        return root, tuple(frames)
+
 
 @dataclass(frozen=True)
 class RankGroup:

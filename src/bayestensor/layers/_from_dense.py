@@ -15,12 +15,12 @@ from ..tensors.init import check_init, dense_init_std
 
 
 def factory_kwargs(module: nn.Module, kwargs: dict, init: str) -> dict:
-    """``kwargs`` plus the dense module's device and dtype and, for ``init="random"``, its weight std."""
+    """``kwargs`` plus the dense module's device and dtype and, for a random ``init``, its weight std."""
     check_init(init)
     ref = next(module.parameters())
     kwargs.setdefault("device", ref.device)
     kwargs.setdefault("dtype", ref.dtype)
-    if init == "random":
+    if init in ("random", "frames"):
         kwargs.setdefault("init_std", dense_init_std(module.weight))
     return kwargs
 

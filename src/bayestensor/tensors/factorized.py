@@ -185,7 +185,7 @@ class FactorizedTensor(nn.Module):
         return sum(p.numel() for p in self.factors)
 
     def init_from_matrix_(self, matrix: Tensor, *, init: str = "decompose", n_iter: int = 200) -> float:
-        """Start from the dense ``matrix`` (``"decompose"`` it or keep the ``"random"`` factors); see :mod:`.init`.
+        """Start from the dense ``matrix``: ``"decompose"``, ``"random"`` or ``"frames"`` (see :mod:`.init`).
 
         Returns the relative error ``‖W − Ŵ‖_F / ‖W‖_F`` of this tensor against ``matrix``.
         """
