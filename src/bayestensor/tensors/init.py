@@ -47,15 +47,15 @@ def draw_frames_(factors: Sequence[Tensor], network: Network) -> bool:
 
     A product of independent Gaussian cores is an ill-conditioned weight: at the 10 % budget a TT
     convolution's unfolding between its output and other modes has an effective rank
-    :math:`(\sum σ)^2 / \sum σ^2` of 4.3 of its 6 directions (32 channels) and 10.5 of 13 (64), and
-    heavy-tailed entries (kurtosis 11 against a Gaussian's 3). With the non-root factors
-    isometries (:meth:`~bayestensor.formats.Network.isometry_frames`: ``Q`` of the QR of a Gaussian
-    matrix, the factor reshaped to ``(its other indices, the bond)``, scaled to the RMS of the
-    Gaussian draw it replaces, so the factors keep their relative scales) and a Gaussian root, each
-    unfolding carries the well-spread spectrum of one Gaussian factor (5.6 of 6 and 12.6 of 13
-    there), as the orthonormal frames of a TT-SVD or HOSVD of a Gaussian tensor would. The draw
-    uses the CPU generator in double precision. Returns ``False`` (factors unchanged) for a
-    network that is not a tree (CP) and for factors on the ``meta`` device.
+    :math:`(\sum σ)^2 / \sum σ^2` of 4.5 of its 6 directions (32 channels) and 10.5 of 13 (64), and
+    heavy-tailed entries (kurtosis 24 and 9, against a Gaussian's 3; means of five seeds). With the
+    non-root factors isometries (:meth:`~bayestensor.formats.Network.isometry_frames`: ``Q`` of the QR
+    of a Gaussian matrix, the factor reshaped to ``(its other indices, the bond)``, scaled to the RMS
+    of the Gaussian draw it replaces, so the factors keep their relative scales) and a Gaussian root,
+    the weight has the well-spread spectrum of one Gaussian factor (5.8 of 6 and 12.6 of 13, kurtosis
+    5.4 and 3.8), as the orthonormal frames of a TT-SVD or HOSVD of a Gaussian tensor would. The draw
+    uses the CPU generator in double precision. Returns ``False`` (factors unchanged) for a network
+    that is not a tree (CP) and for factors on the ``meta`` device.
     """
     frames = network.isometry_frames()
     if frames is None or any(f.is_meta for f in factors):
