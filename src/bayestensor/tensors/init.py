@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..formats import Network
     from .factorized import FactorizedTensor
 
-#: How a tensor built from a dense matrix starts: ``"decompose"`` the matrix, or keep ``"random"`` factors.
+#: How a tensor built from a dense matrix starts: ``"decompose"`` it, or keep ``"random"`` factors (or ``"frames"``).
 INITS = ("decompose", "random", "frames")
 
 
