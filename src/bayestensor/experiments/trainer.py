@@ -295,9 +295,15 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     posterior = None
     if sampling:
         steps = -(-task.num_train // cfg.train.batch_size)
-        # the KL weight ARD ended at: the stated trade-off (tolerance, target) holds the sampler's prior too
-        beta = cfg.train.kl_weight * ard.beta_scale
-        phase = SamplerPhase(cfg, model, task.num_train, steps, lambda: exp.build_model(cfg).to(device), beta)
+        # at the KL weight ARD ended at: the stated trade-off (tolerance, target) holds the sampler's prior too
+        phase = SamplerPhase(
+            cfg,
+            model,
+            task.num_train,
+            steps,
+            lambda: exp.build_model(cfg).to(device),
+            cfg.train.kl_weight * ard.beta_scale,
+        )
         done = state.get("sampler") if resume else None
         if done is not None:
             phase.load_state_dict(done["state"])

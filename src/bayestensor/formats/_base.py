@@ -81,25 +81,22 @@ class Network:
         alone: what a QR sweep of TT-SVD or the orthonormal factors of a HOSVD give. CP's rank
         index joins all factors (a hyper-edge), so CP has no such frames.
         """
-        members: dict[str, list[int]] = {b: [] for b in self.bond_indices}
-        for f, idx in enumerate(self.factor_indices):
-            for name in idx:
-                if name in members:
-                    members[name].append(f)
-        if any(len(fs) != 2 for fs in members.values()):
+        groups = self.rank_groups()  # per bond, the (factor, axis) pairs it joins
+        if any(len(g) != 2 for g in groups):
             return None
+        neighbours: list[list[tuple[int, int]]] = [[] for _ in self.factor_indices]  # (factor, its axis to us)
+        for (a, axis_a), (b, axis_b) in groups:
+            neighbours[a].append((b, axis_b))
+            neighbours[b].append((a, axis_a))
         shapes = self.factor_shapes()
-        degree = [sum(name in members for name in idx) for idx in self.factor_indices]
-        root = max(range(len(shapes)), key=lambda f: (degree[f], math.prod(shapes[f]), f))
+        root = max(range(len(shapes)), key=lambda f: (len(neighbours[f]), math.prod(shapes[f]), f))
         frames, seen, queue = [], {root}, [root]
         while queue:
-            parent = queue.pop(0)
-            for name in self.factor_indices[parent]:
-                for child in members.get(name, []):
-                    if child not in seen:
-                        seen.add(child)
-                        queue.append(child)
-                        frames.append((child, self.factor_indices[child].index(name)))
+            for child, axis in neighbours[queue.pop(0)]:
+                if child not in seen:
+                    seen.add(child)
+                    queue.append(child)
+                    frames.append((child, axis))
         return root, tuple(frames)
 
 

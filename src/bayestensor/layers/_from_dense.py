@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tensors import TensorizedModule
-from ..tensors.init import check_init, dense_init_std
+from ..tensors.init import RANDOM_INITS, check_init, dense_init_std
 
 
 def factory_kwargs(module: nn.Module, kwargs: dict, init: str) -> dict:
@@ -20,7 +20,7 @@ def factory_kwargs(module: nn.Module, kwargs: dict, init: str) -> dict:
     ref = next(module.parameters())
     kwargs.setdefault("device", ref.device)
     kwargs.setdefault("dtype", ref.dtype)
-    if init in ("random", "frames"):
+    if init in RANDOM_INITS:
         kwargs.setdefault("init_std", dense_init_std(module.weight))
     return kwargs
 

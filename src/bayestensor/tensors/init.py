@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: How a tensor built from a dense matrix starts: ``"decompose"`` it, or keep ``"random"`` factors (or ``"frames"``).
 INITS = ("decompose", "random", "frames")
+#: The inits that keep random factors drawn at the dense weight's std (:func:`dense_init_std`).
+RANDOM_INITS = ("random", "frames")
 
 
 def dense_init_std(weight: Tensor) -> float:
@@ -91,7 +93,7 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
         if draw_frames_(list(tensor.factors), tensor.fmt.network(out_shape, in_shape, ranks)):
             tensor._rescale_to_std_(rms)
             _restart_bayesian_state_(tensor)
-    if init in ("random", "frames"):
+    if init in RANDOM_INITS:
         w = tensor.to_matrix().to(torch.float64)
         return float((w - work).norm() / work.norm().clamp_min(1e-300))
     full = work.reshape(*out_shape, *in_shape)
