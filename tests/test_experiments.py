@@ -210,6 +210,31 @@ def test_max_rank_zero_starts_every_tensorized_layer_from_the_parameter_budget(f
         tensor_kwargs(cfg.model)
 
 
+@pytest.mark.parametrize("fmt", bt.available_formats())
+def test_model_init_frames_reaches_every_tensorized_layer(fmt):
+    """``model.init = "frames"``: each layer's non-root factors are isometries (tree formats), at the layer's std."""
+    cfg = RunConfig()
+    cfg.model.format, cfg.model.max_rank, cfg.model.init = fmt, 0, "frames"
+    torch.manual_seed(0)
+    model = CifarResNet(8, 10, 1.0, tensor_kwargs(cfg.model), in_channels=1)
+    layers = bt.inference.tensorized_layers(model)
+    assert layers
+    for name, layer in layers:
+        t = layer.weight
+        frames = t.fmt.network(t.out_shape, t.in_shape, list(t.ranks)).isometry_frames()
+        assert t.weight_rms() == pytest.approx(math.sqrt(2.0 / (layer.in_channels * 9)), rel=1e-5), name  # He
+        for f, axis in frames[1] if frames else ():
+            m = t.factors[f].detach().double().movedim(axis, -1)
+            m = m.reshape(-1, m.shape[-1])
+            gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+            torch.testing.assert_close(gram, torch.eye(len(gram), dtype=gram.dtype), atol=1e-6, rtol=0)
+    cfg.model.init = "decompose"  # needs a trained dense weight, which an experiment's fresh model has not
+    with pytest.raises(ConfigError, match=r"model\.init: expected one of \('random', 'frames'\), got 'decompose'"):
+        tensor_kwargs(cfg.model)
+    with pytest.raises(ValueError, match=r"unknown init 'svd' for a new tensor; expected one of \('random',"):
+        bt.TensorizedLinear(16, 16, init="svd")
+
+
 def test_roc_auc_matches_the_pairwise_definition():
     gen = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 6, (300,), generator=gen).float()  # many ties

@@ -125,10 +125,15 @@ def test_init_std_of_reconstruction_does_not_explode_or_vanish(name, num_modes):
     assert 0.6 < ratio < 1.4, ratio
 
 
+@pytest.mark.parametrize("built", ["from_dense", "constructor"])
 @pytest.mark.parametrize("name", bt.available_formats())
 @pytest.mark.parametrize("num_modes", [2, 3])
-def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name, num_modes):
-    """``init="frames"``: non-root factors of a tree network are isometries along their bond to the root (not CP)."""
+def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name, num_modes, built):
+    """``init="frames"``: non-root factors of a tree network are isometries along their bond to the root (not CP).
+
+    The root then carries the weight's whole norm, as the centre core of a TT-SVD or a HOSVD's core does.
+    Both ways in: ``from_dense(..., init="frames")`` and the layer's own ``init="frames"``.
+    """
     fmt = get_format(name)
     out_s, in_s = (4,) * num_modes, (3,) * num_modes
     ranks = fmt.resolve_ranks(5, out_s, in_s)
@@ -138,12 +143,16 @@ def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name
     assert (frames is None) == any(j != 2 for j in joins)  # CP's rank index is a hyper-edge
     torch.manual_seed(0)
     dense = torch.nn.Linear(3**num_modes, 4**num_modes)
-    layer = bt.TensorizedLinear.from_dense(
-        dense, format=name, max_rank=5, in_shape=in_s, out_shape=out_s, init="frames"
-    )
+    kw = {"format": name, "max_rank": 5, "in_shape": in_s, "out_shape": out_s, "init": "frames", "method": "map"}
+    if built == "from_dense":
+        layer, std = bt.TensorizedLinear.from_dense(dense, **kw), float(dense.weight.std())  # the dense init std
+    else:
+        layer, std = bt.TensorizedLinear(3**num_modes, 4**num_modes, init_std=0.05, **kw), 0.05
     t = layer.weight
     assert t.ranks == ranks
-    assert t.weight_rms() == pytest.approx(float(dense.weight.std()), rel=1e-5)  # the dense layer's init std
+    assert t.weight_rms() == pytest.approx(std, rel=1e-5)
+    energy, count = t.flat_rank_statistics()  # lambda starts at its closed-form value for these factors
+    torch.testing.assert_close(torch.cat(t.rank_variances()), t.prior.map_update(energy, count).to(torch.float32))
     if frames is None:
         return
     root, members = frames
@@ -152,9 +161,10 @@ def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name
         m = t.factors[f].detach().double().movedim(axis, -1)
         m = m.reshape(-1, m.shape[-1])  # (other indices, bond towards the root)
         gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
-        scale = float(gram.diagonal().mean())  # each factor keeps the scale of its i.i.d. draw
-        eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-        torch.testing.assert_close(gram, scale * eye, atol=1e-6 * scale, rtol=0)
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0], dtype=gram.dtype), atol=1e-6, rtol=0)
+    # contracting isometries keeps the norm, so the root carries the whole weight's: ||W||_F = ||root||_F
+    sq = squared_norm(name, [f.detach().double() for f in t.factors], out_s, in_s, tuple(ranks))
+    assert float(sq) == pytest.approx(float(t.factors[root].detach().double().square().sum()), rel=1e-5)
 
 
 def test_isometric_frames_spread_a_tt_convolution_spectrum():

@@ -22,6 +22,7 @@ class ModelConfig:
     method: str = "map"  # "map" | "svi" | "none" (fixed ranks) | "svgd" | "sghmc" (MAP, then the [sampler] phase)
     prior: str = "half_cauchy"
     prior_kwargs: dict[str, float] = field(default_factory=dict)
+    init: str = "random"  # how the tensorized layers' factors start: "random" | "frames" (isometric frames)
     dense: bool = False
     hidden: int = 256
     dropout: float = 0.0

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..layers import TensorizedConv2d, TensorizedLinear
+from ..tensors.init import RANDOM_INITS
 from .config import ConfigError, ModelConfig
 
 #: Methods that train MAP layers and then sample the posterior over them (:mod:`.posterior`).
@@ -32,12 +33,15 @@ def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
         raise ConfigError(
             f"model.max_rank: expected a rank >= 1, or 0 for ranks from a parameter budget, got {cfg.max_rank!r}"
         )
+    if cfg.init not in RANDOM_INITS:
+        raise ConfigError(f"model.init: expected one of {RANDOM_INITS}, got {cfg.init!r}")
     return {
         "format": cfg.format,
         "max_rank": cfg.max_rank or None,
         "method": layer_method(cfg.method),
         "prior": cfg.prior,
         "prior_kwargs": dict(cfg.prior_kwargs),
+        **({"init": cfg.init} if cfg.init != "random" else {}),  # the kwargs of runs saved before the option
     }
 
 

@@ -114,6 +114,9 @@ class TensorizedConv2d(TensorizedModule):
         Bayesian rank determination, as for :class:`~bayestensor.layers.TensorizedLinear`.
     init_std
         Target std of the kernel entries; default ``sqrt(2 / (in / groups · kh · kw))`` (He).
+    init
+        How the factors start: ``"random"`` (default) or ``"frames"`` (isometric frames in tree formats;
+        :class:`~bayestensor.tensors.FactorizedTensor`). ``from_dense`` takes ``init="decompose"`` too.
     strategy
         ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
 
@@ -153,6 +156,7 @@ class TensorizedConv2d(TensorizedModule):
         rank_update: str = "em",
         em_step: float = 1.0,
         init_std: float | None = None,
+        init: str = "random",
         strategy: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -222,6 +226,7 @@ class TensorizedConv2d(TensorizedModule):
             rank_update=rank_update,
             em_step=em_step,
             init_std=math.sqrt(2.0 / (per_group * khkw)) if init_std is None else init_std,
+            init=init,
             device=device,
             dtype=dtype,
         )

@@ -82,6 +82,9 @@ class TensorizedEmbedding(TensorizedModule):
         Bayesian rank determination, as for :class:`~bayestensor.layers.TensorizedLinear`.
     init_std
         Target std of the table entries; default 1 (as ``nn.Embedding``'s ``N(0, 1)``).
+    init
+        How the factors start: ``"random"`` (default) or ``"frames"`` (isometric frames in tree formats;
+        :class:`~bayestensor.tensors.FactorizedTensor`). ``from_dense`` takes ``init="decompose"`` too.
     dedup
         Compute each distinct id once per batch (skipped under ``torch.compile``, whose graphs
         need static shapes).
@@ -118,6 +121,7 @@ class TensorizedEmbedding(TensorizedModule):
         rank_update: str = "em",
         em_step: float = 1.0,
         init_std: float | None = None,
+        init: str = "random",
         dedup: bool = True,
         validate: bool = True,
         device: torch.device | str | None = None,
@@ -152,6 +156,7 @@ class TensorizedEmbedding(TensorizedModule):
             rank_update=rank_update,
             em_step=em_step,
             init_std=1.0 if init_std is None else init_std,
+            init=init,
             device=device,
             dtype=dtype,
         )

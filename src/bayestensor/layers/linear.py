@@ -90,6 +90,9 @@ class TensorizedLinear(TensorizedModule):
         How ``λ`` is updated; see :class:`~bayestensor.tensors.FactorizedTensor`.
     init_std
         Target std of the reconstructed weight; default ``sqrt(2 / in_features)`` (He).
+    init
+        How the factors start: ``"random"`` (default) or ``"frames"`` (isometric frames in tree formats;
+        :class:`~bayestensor.tensors.FactorizedTensor`). ``from_dense`` takes ``init="decompose"`` too.
     strategy
         ``"auto"`` (cost model), ``"factorized"`` or ``"reconstruct"``.
 
@@ -122,6 +125,7 @@ class TensorizedLinear(TensorizedModule):
         rank_update: str = "em",
         em_step: float = 1.0,
         init_std: float | None = None,
+        init: str = "random",
         strategy: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -144,6 +148,7 @@ class TensorizedLinear(TensorizedModule):
             rank_update=rank_update,
             em_step=em_step,
             init_std=math.sqrt(2.0 / in_features) if init_std is None else init_std,
+            init=init,
             device=device,
             dtype=dtype,
         )

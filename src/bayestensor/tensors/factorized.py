@@ -37,6 +37,7 @@ from ..functional import reconstruct_matrix, squared_norm
 from ..priors import get_prior
 from .canonical import side_triangles
 from .decompose import cp_merge, cp_spread
+from .init import RANDOM_INITS, start_frames_
 from .posteriors import POSTERIORS, Posterior, get_posterior
 from .statistics import StatisticsLayout, rank_energies, slice_sums, statistics_layout
 
@@ -88,6 +89,11 @@ class FactorizedTensor(nn.Module):
         Damping ``ρ ∈ (0, 1]`` of the M-step, ``λ ← (1-ρ) λ + ρ λ*``.
     init_std
         Target std of the reconstructed weight's entries.
+    init
+        ``"random"`` (default): independent Gaussian factors. ``"frames"``: in tree formats (TT, TTM,
+        Tucker) every factor but one is a random isometry along its bond towards that one, which
+        carries the weight's norm (:func:`~bayestensor.tensors.init.draw_frames_`); CP keeps its
+        Gaussian factors. Either way the weight's RMS is ``init_std``.
     """
 
     def __init__(
@@ -104,10 +110,16 @@ class FactorizedTensor(nn.Module):
         rank_update: str = "em",
         em_step: float = 1.0,
         init_std: float = 1.0,
+        init: str = "random",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if init not in RANDOM_INITS:
+            raise ValueError(
+                f"unknown init {init!r} for a new tensor; expected one of {RANDOM_INITS} "
+                "(init='decompose' starts a layer from a dense one: from_dense)"
+            )
         self.fmt = get_format(format)
         if method in ("svgd", "sghmc"):
             raise ValueError(
@@ -142,6 +154,8 @@ class FactorizedTensor(nn.Module):
             [nn.Parameter(torch.randn(s, **factory) * sd) for s, sd in zip(shapes, stds, strict=True)]
         )
         self._rescale_to_std_(init_std)
+        if init == "frames":
+            start_frames_(self, init_std)
         self.posterior: Posterior = get_posterior(method)
         self.posterior.create_(list(self.factors), stds)
         if method is not None:
@@ -159,17 +173,21 @@ class FactorizedTensor(nn.Module):
             self._lambda_versions = self._versions()  # λ is the M-step value of these factors
 
     @torch.no_grad()
-    def _rescale_to_std_(self, target_std: float) -> None:
-        """Scale every factor by the same ``c`` so the drawn weight's RMS is exactly ``target_std``.
+    def _rescale_to_std_(self, target_std: float, *, only: int | None = None) -> None:
+        """Scale the factors so the drawn weight's RMS is exactly ``target_std``.
 
         The i.i.d. factor stds give the right variance only in expectation: a product of several
         random cores has a heavy-tailed norm, and one draw of a 6-core TT can land at half the
-        target. Rescaling each of the ``F`` factors by ``(target / rms)^{1/F}`` fixes the draw.
+        target. Rescaling each of the ``F`` factors by ``(target / rms)^{1/F}`` fixes the draw;
+        ``only=k`` puts the whole ``target / rms`` on factor ``k`` instead (the root of isometric frames).
         """
         if self.factors[0].is_meta:
             return
         rms = self.weight_rms()
         if rms > 0 and target_std > 0:
+            if only is not None:
+                self.factors[only].mul_(target_std / rms)
+                return
             c = (target_std / rms) ** (1.0 / len(self.factors))
             for f in self.factors:
                 f.mul_(c)

@@ -44,7 +44,7 @@ def dense_init_std(weight: Tensor) -> float:
 
 
 @torch.no_grad()
-def draw_frames_(factors: Sequence[Tensor], network: Network) -> bool:
+def draw_frames_(factors: Sequence[Tensor], network: Network) -> int | None:
     r"""Make every non-root factor of a tree network a random isometry along its bond towards the root.
 
     A product of independent Gaussian cores is an ill-conditioned weight: at the 10 % budget a TT
@@ -52,23 +52,38 @@ def draw_frames_(factors: Sequence[Tensor], network: Network) -> bool:
     :math:`(\sum σ)^2 / \sum σ^2` of 4.5 of its 6 directions (32 channels) and 10.5 of 13 (64), and
     heavy-tailed entries (kurtosis 24 and 9, against a Gaussian's 3; means of five seeds). With the
     non-root factors isometries (:meth:`~bayestensor.formats.Network.isometry_frames`: ``Q`` of the QR
-    of a Gaussian matrix, the factor reshaped to ``(its other indices, the bond)``, scaled to the RMS
-    of the Gaussian draw it replaces, so the factors keep their relative scales) and a Gaussian root,
-    the weight has the well-spread spectrum of one Gaussian factor (5.8 of 6 and 12.6 of 13, kurtosis
-    5.4 and 3.8), as the orthonormal frames of a TT-SVD or HOSVD of a Gaussian tensor would. The draw
-    uses the CPU generator in double precision. Returns ``False`` (factors unchanged) for a network
-    that is not a tree (CP) and for factors on the ``meta`` device.
+    of a Gaussian matrix, the factor reshaped to ``(its other indices, the bond)``, so that
+    :math:`Q^\top Q = I`) and a Gaussian root, the weight has the well-spread spectrum of one Gaussian
+    factor (5.8 of 6 and 12.6 of 13, kurtosis 5.4 and 3.8): the canonical form of a TT-SVD or HOSVD,
+    whose orthonormal frames carry no scale and whose root (the centre core, Tucker's core) carries the
+    weight's norm. The draw uses the CPU generator in double precision. Returns the root's index, or
+    ``None`` (factors unchanged) for a network that is not a tree (CP) and for factors on the ``meta``
+    device.
     """
     frames = network.isometry_frames()
     if frames is None or any(f.is_meta for f in factors):
-        return False
+        return None
     for f, axis in frames[1]:
         moved = factors[f].movedim(axis, -1)  # (..., bond towards the root)
         rows, cols = moved[..., 0].numel(), moved.shape[-1]
         q = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=torch.float64)).Q
         frame = q if rows >= cols else q.T  # (rows, cols): orthonormal columns, or rows where the bond is wider
-        frame = frame * (moved.double().square().mean().sqrt() / frame.square().mean().sqrt())  # the draw's RMS
         factors[f].copy_(frame.reshape(moved.shape).movedim(-1, axis))
+    return frames[0]
+
+
+@torch.no_grad()
+def start_frames_(tensor: FactorizedTensor, target_std: float) -> bool:
+    """Draw isometric frames into ``tensor`` (:func:`draw_frames_`) and give its root the weight RMS ``target_std``.
+
+    Returns ``False`` (nothing changed) where the format has no frames (CP) or the factors are on ``meta``.
+    The Bayesian state is not touched: a caller whose state was set from the old factors restarts it.
+    """
+    network = tensor.fmt.network(tensor.out_shape, tensor.in_shape, list(tensor.ranks))
+    root = draw_frames_(list(tensor.factors), network)
+    if root is None:
+        return False
+    tensor._rescale_to_std_(target_std, only=root)  # the root carries the weight's norm
     return True
 
 
@@ -90,8 +105,7 @@ def init_from_matrix_(tensor: FactorizedTensor, matrix: Tensor, *, init: str = "
     work = matrix.detach().to(torch.float64)  # decompose in double, store in the tensor's dtype
     if init == "frames":
         rms = tensor.weight_rms()  # the random draw's, rescaled to the dense weight's std when it was built
-        if draw_frames_(list(tensor.factors), tensor.fmt.network(out_shape, in_shape, ranks)):
-            tensor._rescale_to_std_(rms)
+        if start_frames_(tensor, rms):
             _restart_bayesian_state_(tensor)
     if init in RANDOM_INITS:
         w = tensor.to_matrix().to(torch.float64)
