@@ -45,25 +45,31 @@ def _check_moments(samples, mu, cov):
     assert (emp - cov).norm() / cov.norm() < 0.1, (emp, cov)
 
 
-def test_svgd_recovers_a_2d_gaussian():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_svgd_recovers_a_2d_gaussian(temperature):
+    """At temperature ``T`` the target ``p^{1/T}`` of a Gaussian is the Gaussian of covariance ``T Σ``."""
     potential = _gaussian_potential(MU, COV)
     ens = bt.Ensemble([Point(torch.randn(2, dtype=torch.float64) * 0.5 - 2) for _ in range(100)])
-    svgd = bt.SVGD(ens, torch.optim.Adagrad(ens.parameters(), lr=0.2), num_data=1)
+    svgd = bt.SVGD(ens, torch.optim.Adagrad(ens.parameters(), lr=0.2), num_data=1, temperature=temperature)
     for _ in range(2000):
         out = ens(None)
         svgd.step(potential(out), out)
-    _check_moments(ens.particles["theta"].detach(), MU, COV)
+    _check_moments(ens.particles["theta"].detach(), MU, temperature * COV)
 
 
-def test_sghmc_recovers_a_2d_gaussian():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sghmc_recovers_a_2d_gaussian(temperature):
+    """At temperature ``T`` the target ``p^{1/T}`` of a Gaussian is the Gaussian of covariance ``T Σ``."""
     potential = _gaussian_potential(MU, COV)
     ens = bt.Ensemble([Point(torch.randn(2, dtype=torch.float64)) for _ in range(100)])
-    sampler = bt.SGHMC(ens, num_data=1, lr=0.01, friction=0.1, burn_in=500, thin=20, max_samples=100 * 100)
+    sampler = bt.SGHMC(
+        ens, num_data=1, lr=0.01, friction=0.1, temperature=temperature, burn_in=500, thin=20, max_samples=100 * 100
+    )
     for _ in range(500 + 20 * 100):
         sampler.step(potential(ens(None)))
     samples = sampler.samples()
     assert samples.num_particles == sampler.num_samples == 100 * 100
-    _check_moments(samples.particles["theta"].detach(), MU, COV)
+    _check_moments(samples.particles["theta"].detach(), MU, temperature * COV)
 
 
 def _conjugate_regression(seed):
@@ -259,6 +265,11 @@ def test_bad_sampler_inputs():
     for bad in (0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="bandwidth must be a finite number > 0"):
             bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, bandwidth=bad)
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 \(1 = the posterior\)"):
+            bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, temperature=bad)
+        with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 \(1 = the posterior\)"):
+            bt.SGHMC(ens, num_data=10, lr=0.1, temperature=bad)
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"friction must be in \(0, 1\]"):
             bt.SGHMC(ens, num_data=10, lr=0.1, friction=bad)

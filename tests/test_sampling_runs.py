@@ -103,7 +103,10 @@ def test_the_sampler_samples_at_the_kl_weight_the_stated_trade_off_held_map_at(t
 
 @pytest.mark.parametrize("method", SAMPLERS)
 def test_the_sampler_phase_runs_at_the_kl_weight_it_is_given(method):
-    """The sampler's potential uses the trainer's ``β`` (``m · train.kl_weight``), and the config's without one."""
+    """The sampler's potential uses the trainer's ``β`` (``m · train.kl_weight``), and the config's without one.
+
+    Its temperature is ``sampler.temperature``.
+    """
     cfg = default_config("digits-fc")
     cfg.model.method, cfg.sampler.init, cfg.sampler.particles = method, "map", 2
     exp = get_experiment("digits-fc")
@@ -112,6 +115,9 @@ def test_the_sampler_phase_runs_at_the_kl_weight_it_is_given(method):
     assert given.sampler.kl_weight == given.kl_weight == 0.25 != cfg.train.kl_weight
     default = SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg))
     assert default.sampler.kl_weight == default.kl_weight == cfg.train.kl_weight
+    assert default.sampler.temperature == 1.0  # the posterior, unless sampler.temperature says otherwise
+    cfg.sampler.temperature = 0.5
+    assert SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg)).sampler.temperature == 0.5
 
 
 def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
@@ -133,6 +139,7 @@ def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
         (["sampler.particles=0"], "sampler.particles: expected an int >= 1, got 0"),
         (["sampler.init=best"], "sampler.init: expected one of scratch, map, got 'best'"),
         (["sampler.friction=1.5"], "sampler.friction: expected a friction in (0, 1], got 1.5"),
+        (["sampler.temperature=0"], "sampler.temperature: expected a finite T > 0 (1 = the posterior), got 0.0"),
         (["sampler.bandwidth=-1"], "sampler.bandwidth: expected an RBF bandwidth h > 0, or 0 for the median heuristic"),
         (["sampler.burn_in=1"], "sampler.burn_in: expected a fraction of the steps in [0, 1), got 1.0"),
         (["sampler.init=map", "sampler.jitter=0"], "sampler.jitter = 0 clones identical particles"),

@@ -70,6 +70,7 @@ class SamplerConfig:
     lr: float = 0.0  # SVGD: Adam step (0 = train.lr); SGHMC: step size on the mean loss (0 = 0.01)
     jitter: float = 0.01  # init "map": particles 2..P get every entry perturbed by jitter * RMS of its parameter
     bandwidth: float = 0.0  # SVGD RBF bandwidth h; 0 = the median heuristic
+    temperature: float = 1.0  # both samplers target p(theta | D)^(1/T); 1 = the posterior, < 1 = "cold"
     friction: float = 0.1  # SGHMC friction alpha in (0, 1]
     burn_in: float = 0.5  # SGHMC: fraction of the sampler's steps before the first kept sample, in [0, 1)
     thin: int = 0  # SGHMC steps between kept samples; 0 = spread max_samples evenly over the steps after burn-in

@@ -24,6 +24,7 @@ particles (SGHMC: the kept samples of all chains).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,8 @@ def check_sampler_config(cfg: RunConfig) -> None:
         raise ConfigError(
             f"sampler.bandwidth: expected an RBF bandwidth h > 0, or 0 for the median heuristic, got {s.bandwidth}"
         )
+    if not 0 < s.temperature < math.inf:
+        raise ConfigError(f"sampler.temperature: expected a finite T > 0 (1 = the posterior), got {s.temperature}")
     if not 0 < s.friction <= 1:
         raise ConfigError(f"sampler.friction: expected a friction in (0, 1], got {s.friction}")
     if not 0 <= s.burn_in < 1:
@@ -133,6 +136,7 @@ class SamplerPhase:
                 num_data=num_train,
                 kl_weight=self.kl_weight,
                 bandwidth=s.bandwidth if s.bandwidth > 0 else None,
+                temperature=s.temperature,
             )
         else:
             steps = sampler_epochs(cfg) * steps_per_epoch
@@ -143,6 +147,7 @@ class SamplerPhase:
                 num_data=num_train,
                 lr=s.lr or SGHMC_DEFAULT_LR,
                 friction=s.friction,
+                temperature=s.temperature,
                 burn_in=burn_in,
                 thin=thin,
                 max_samples=s.max_samples,

@@ -19,6 +19,7 @@ removes what is inactive in *every* particle, so the particles keep one shape.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,6 +66,13 @@ def check_potential_args(num_data: Any, kl_weight: Any) -> tuple[int, float]:
     if not kl_weight >= 0:
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
     return num_data, float(kl_weight)
+
+
+def check_temperature(temperature: Any) -> float:
+    """A samplers' posterior temperature ``T``, checked: a finite number ``> 0`` (``1`` = the posterior)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number > 0 (1 = the posterior), got {temperature!r}")
+    return float(temperature)
 
 
 class _Call(nn.Module):

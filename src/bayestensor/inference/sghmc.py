@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .ensemble import Ensemble, check_potential_args
+from .ensemble import Ensemble, check_potential_args, check_temperature
 
 
 class SGHMC:
@@ -68,8 +68,6 @@ class SGHMC:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if not 0 < friction <= 1:
             raise ValueError(f"friction must be in (0, 1] (1 = SGLD, no momentum), got {friction!r}")
-        if not 0 < temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         for name, value, low in (("burn_in", burn_in, 0), ("thin", thin, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -77,7 +75,7 @@ class SGHMC:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < chains:
             raise ValueError(f"max_samples must be an int >= the number of chains ({chains}), got {max_samples!r}")
         self.ensemble = ensemble
-        self.lr, self.friction, self.temperature = float(lr), float(friction), float(temperature)
+        self.lr, self.friction, self.temperature = float(lr), float(friction), check_temperature(temperature)
         self.burn_in, self.thin, self.max_samples = burn_in, thin, max_samples
         self.steps = 0
         self.momentum = {n: torch.zeros_like(p) for n, p in ensemble.particles.items() if p.requires_grad}

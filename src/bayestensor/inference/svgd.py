@@ -15,7 +15,10 @@ module hands the optimizer the descent gradient ``g_i = −φ(θ_i) / N``:
 
     g_i = \frac{1}{P} \sum_j k_{ij}\, ∇U(θ_j) \;+\; \frac{1}{N P}\, ∇_{θ_i} \sum_j k(f_i, \bar f_j),
 
-where ``f_i`` are the **kernel features** of particle ``i`` and the bar stops the gradient.
+where ``f_i`` are the **kernel features** of particle ``i`` and the bar stops the gradient. At a
+temperature ``T`` (default 1) the target is ``p(θ | D)^{1/T}``, whose ``∇ log`` is ``∇ log p / T``;
+multiplying ``φ`` by ``T`` (a step-size change) leaves the driving term as it is and scales the
+repulsion by ``T``: ``T < 1`` (a "cold" posterior) concentrates the particles, ``T → 0`` is MAP.
 
 Which features, and why. The cores of a tensor format carry a gauge freedom: ``A B = (A T)(T^{-1} B)``
 for any invertible ``T``, and a CP component can move scale between its factors. Two particles
@@ -46,7 +49,7 @@ import math
 import torch
 from torch import Tensor
 
-from .ensemble import Ensemble, check_potential_args
+from .ensemble import Ensemble, check_potential_args, check_temperature
 
 
 def check_bandwidth(bandwidth: float | None) -> float | None:
@@ -103,6 +106,8 @@ class SVGD:
         ``β`` of the prior term (``1`` = the posterior).
     bandwidth
         Fixed RBF bandwidth ``h > 0``; ``None`` (default): the median heuristic at every step.
+    temperature
+        ``T > 0``: the particles target ``p(θ | D)^{1/T}`` (``1`` = the posterior; module docstring).
 
     Examples
     --------
@@ -121,11 +126,13 @@ class SVGD:
         num_data: int,
         kl_weight: float = 1.0,
         bandwidth: float | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.num_data, self.kl_weight = check_potential_args(num_data, kl_weight)
         self.ensemble = ensemble
         self.optimizer = optimizer
         self.bandwidth = check_bandwidth(bandwidth)
+        self.temperature = check_temperature(temperature)
 
     def potential(self, losses: Tensor) -> Tensor:
         """``U_i`` of every particle, ``(P,)`` (:meth:`~.ensemble.Ensemble.potentials` at this ``N`` and ``β``)."""
@@ -145,7 +152,7 @@ class SVGD:
         u = self.potential(losses)
         grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
         kernel, two_h2 = rbf_kernel(features, self.bandwidth)
-        cotangent = kernel_gradient(features, kernel, two_h2) / (self.num_data * p)
+        cotangent = kernel_gradient(features, kernel, two_h2) * (self.temperature / (self.num_data * p))
         repulsion = torch.autograd.grad(features, params, grad_outputs=cotangent, allow_unused=True)
         with torch.no_grad():
             for t, g, r in zip(params, grads, repulsion, strict=True):
