@@ -69,7 +69,7 @@ def check_potential_args(num_data: Any, kl_weight: Any) -> tuple[int, float]:
 
 
 def check_temperature(temperature: Any) -> float:
-    """A samplers' posterior temperature ``T``, checked: a finite number ``> 0`` (``1`` = the posterior)."""
+    """A sampler's posterior temperature ``T``, checked: a finite number ``> 0`` (``1`` = the posterior)."""
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
         raise ValueError(f"temperature must be a finite number > 0 (1 = the posterior), got {temperature!r}")
     return float(temperature)

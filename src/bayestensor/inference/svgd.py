@@ -18,7 +18,8 @@ module hands the optimizer the descent gradient ``g_i = −φ(θ_i) / N``:
 where ``f_i`` are the **kernel features** of particle ``i`` and the bar stops the gradient. At a
 temperature ``T`` (default 1) the target is ``p(θ | D)^{1/T}``, whose ``∇ log`` is ``∇ log p / T``;
 multiplying ``φ`` by ``T`` (a step-size change) leaves the driving term as it is and scales the
-repulsion by ``T``: ``T < 1`` (a "cold" posterior) concentrates the particles, ``T → 0`` is MAP.
+repulsion by ``T``: ``T < 1`` (a "cold" posterior) concentrates the particles, ``T → 0`` removes the
+repulsion.
 
 Which features, and why. The cores of a tensor format carry a gauge freedom: ``A B = (A T)(T^{-1} B)``
 for any invertible ``T``, and a CP component can move scale between its factors. Two particles
