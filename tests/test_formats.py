@@ -11,6 +11,8 @@ from bayestensor.formats import TensorFormat, get_format
 from bayestensor.functional import plan_contraction, reconstruct_matrix, run_steps, squared_norm
 from bayestensor.functional.planning import gemm_of, run_gemm
 from bayestensor.functional.reconstruction import reconstruction
+from bayestensor.tensors import POSTERIORS
+from bayestensor.tensors.posteriors import SVI_INIT_SCALE
 
 # (out_shape, in_shape, max_rank) cases; paired formats (TTM) use only equal-length cases
 CASES = [((2, 3, 4), (3, 2, 2), 3), ((4, 4), (2, 5), 2), ((5,), (3,), 2), ((2, 3), (4, 1), [1, 2])]
@@ -125,10 +127,11 @@ def test_init_std_of_reconstruction_does_not_explode_or_vanish(name, num_modes):
     assert 0.6 < ratio < 1.4, ratio
 
 
+@pytest.mark.parametrize("method", list(POSTERIORS))
 @pytest.mark.parametrize("built", ["from_dense", "constructor"])
 @pytest.mark.parametrize("name", bt.available_formats())
 @pytest.mark.parametrize("num_modes", [2, 3])
-def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name, num_modes, built):
+def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name, num_modes, built, method):
     """``init="frames"``: non-root factors of a tree network are isometries along their bond to the root (not CP).
 
     The root then carries the weight's whole norm, as the centre core of a TT-SVD or a HOSVD's core does.
@@ -143,7 +146,7 @@ def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name
     assert (frames is None) == any(j != 2 for j in joins)  # CP's rank index is a hyper-edge
     torch.manual_seed(0)
     dense = torch.nn.Linear(3**num_modes, 4**num_modes)
-    kw = {"format": name, "max_rank": 5, "in_shape": in_s, "out_shape": out_s, "init": "frames", "method": "map"}
+    kw = {"format": name, "max_rank": 5, "in_shape": in_s, "out_shape": out_s, "init": "frames", "method": method}
     if built == "from_dense":
         layer, std = bt.TensorizedLinear.from_dense(dense, **kw), float(dense.weight.std())  # the dense init std
     else:
@@ -155,6 +158,10 @@ def test_a_fresh_tree_format_weight_has_isometric_frames_and_the_target_std(name
     torch.testing.assert_close(torch.cat(t.rank_variances()), t.prior.map_update(energy, count).to(torch.float32))
     if frames is None:
         return
+    raw_scales = getattr(t.posterior, "raw_scales", None)  # a posterior with spread restarts it from each factor
+    for f, raw in zip(t.factors, raw_scales or [], strict=raw_scales is not None):
+        spread = torch.nn.functional.softplus(raw.detach())
+        torch.testing.assert_close(spread, torch.full_like(spread, SVI_INIT_SCALE * float(f.detach().std())))
     root, members = frames
     assert sorted([root, *(f for f, _ in members)]) == list(range(len(t.factors)))  # every other factor once
     for f, axis in members:

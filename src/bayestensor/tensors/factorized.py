@@ -154,10 +154,11 @@ class FactorizedTensor(nn.Module):
             [nn.Parameter(torch.randn(s, **factory) * sd) for s, sd in zip(shapes, stds, strict=True)]
         )
         self._rescale_to_std_(init_std)
-        if init == "frames":
-            start_frames_(self, init_std)
+        frames = init == "frames" and start_frames_(self, init_std)
         self.posterior: Posterior = get_posterior(method)
         self.posterior.create_(list(self.factors), stds)
+        if frames:  # the frames' factors no longer have the i.i.d. stds: spreads from the factors, as from_dense
+            self.posterior.reset_(list(self.factors))
         if method is not None:
             self.prior = get_prior(prior, **(prior_kwargs or {}))
             lam_dtype = torch.float32 if factory["dtype"] in (torch.float16, torch.bfloat16) else factory["dtype"]
