@@ -1,6 +1,6 @@
 """A/B of the planned contractions: this checkout's ``bayestensor.functional`` against a git revision's.
 
-Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256]
+Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256] [--no-input-grad]
 
 Both versions run side by side in one process on the same factors: the revision's
 ``src/bayestensor/functional/`` is extracted with ``git archive`` and imported as a separate
@@ -9,6 +9,7 @@ one ``contraction.py``; either loads). Cases,
 all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256 (``--batch``), float32:
 
 * ``factorized_linear`` of each format (the strategy its cost model picks), against ``nn.Linear``;
+  with ``--no-input-grad`` as a network's first layer (``x`` needs no gradient, for either);
 * the reconstruction of ``W`` alone (``reconstruct_matrix``, then backward of a fixed gradient),
   this checkout's time over the base's;
 * a copy of a TTM-weight-sized tensor into ``(out, in)`` layout from the interleaved ``(m_k, n_k)``
@@ -40,7 +41,15 @@ from bayestensor import functional as current  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 4, 8, 8)
-CASES = (("ttm", 4), ("ttm", 38), ("tt", 16), ("tt", 76), ("tucker", 4), ("cp", 1024))
+CASES = (
+    ("ttm", 4),
+    ("ttm", 38),
+    ("tt", 16),
+    ("tt", 76),
+    ("tucker", 4),
+    ("tucker", [3, 3, 6, 6, 3, 3, 6, 6]),
+    ("cp", 1024),
+)
 
 
 def load_revision(rev: str) -> types.ModuleType:
@@ -67,10 +76,11 @@ def main() -> None:
     parser.add_argument("--base", default="f21ddcb", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--no-input-grad", action="store_true", help="x needs no gradient (a first layer)")
     args = parser.parse_args()
     torch.manual_seed(0)
     base = load_revision(args.base)
-    x = torch.randn(args.batch, 1024, requires_grad=True)
+    x = torch.randn(args.batch, 1024, requires_grad=not args.no_input_grad)
     dense = torch.nn.Linear(1024, 1024, bias=False)
     grad_w = torch.randn(1024, 1024)
     linear = {"nn.Linear": lambda: dense(x).sum().backward()}

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ..formats import Network, get_format
 from .constant import assume_constant_result
 from .plan_cache import remember
-from .planning import BATCH, Steps, batch_bucket, linear_terms, plan_contraction
+from .planning import BATCH, MOVE_FLOPS, Steps, batch_bucket, linear_terms, plan_contraction
 from .reconstruction import reconstruction
 
 # Relative per-FLOP cost of each strategy on a 2-core CPU (one large GEMM = 1): a chain of many
@@ -100,8 +100,6 @@ class EinsumPlan(NamedTuple):
 
 #: Per-FLOP cost of a broadcast batched GEMM relative to one large GEMM (many small products).
 BMM_PENALTY = 1.5
-#: Cost, in FLOPs, of moving one element in a permute copy (memory bound; measured on 2 CPU cores).
-MOVE_FLOPS = 64.0
 #: Waist elements per pass of a chunked two-stage product on CPU: 1 MiB of float32. On the 2-core CI CPU
 #: (2 MiB L2 per core) 2^17-2^19 ran alike for TTM rank 4 at 1024 × 1024, and 2^20 or more 10-25 % slower.
 WAIST_CHUNK_ELEMS = 1 << 18
@@ -214,7 +212,7 @@ def linear_plan(
     sym, factors, x_term, out_modes, _ = linear_terms(network)
     sizes = {sym[k]: v for k, v in network.sizes.items()} | {BATCH: bucket}
     out_term = BATCH + out_modes
-    steps, einsum_flops, terms = plan_contraction([x_term, *factors], out_term, sizes)
+    steps, einsum_flops, terms = plan_contraction([x_term, *factors], out_term, sizes, streamed=True)
     # autograd keeps the batch-carrying inputs of every step for backward
     saved = sum(math.prod(sizes[c] for c in t) for step in terms for t in step if BATCH in t)
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
