@@ -58,9 +58,20 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     assert float((probs.argmax(1) == y).double().mean()) == pytest.approx(report["test_accuracy"], abs=1e-12)
     ood, _ = bt.predict(posterior, load_digits_ood((28, 28)), transform=lambda z: z.softmax(-1))
     assert report["ood_auroc"] == pytest.approx(ood_auroc(probs.double(), ood.double()), abs=1e-9)
+    # the members' own scores, particle by particle, and the averaged prediction's confidence
+    with torch.no_grad():
+        each = [posterior(x)[i].softmax(-1).double() for i in range(size)]
+    members = report["members"]
+    assert members["accuracy"] == pytest.approx(sum(float((p.argmax(1) == y).double().mean()) for p in each) / size)
+    assert members["ece"] == pytest.approx(sum(bt.expected_calibration_error(p, y) for p in each) / size, abs=1e-6)
+    nll = sum(float(-p[torch.arange(len(y)), y].log().mean()) for p in each) / size
+    assert members["nll"] == pytest.approx(nll, rel=1e-5)
+    assert members["confidence"] == pytest.approx(float(torch.stack(each).max(-1).values.mean()), abs=1e-6)
+    assert report["confidence"] == pytest.approx(float(probs.max(1).values.mean()), abs=1e-6)
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("sampler_epoch") for r in rows[-2:]] == [0, 1]
     assert (run_dir / "report.md").read_text().count("OOD AUROC") == 1
+    assert (run_dir / "report.md").read_text().count("members, mean of their own") == 1
 
 
 @pytest.mark.parametrize("method", SAMPLERS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -59,6 +60,31 @@ def scores(probs: Tensor, y: Tensor) -> Evaluation:
         nll=negative_log_likelihood(probs, y),
         ece=expected_calibration_error(probs, y),
     )
+
+
+def member_probs(model: Ensemble, x: Tensor, num_samples: int | None = None, batch_size: int = 2048) -> Tensor:
+    """Every particle's class probabilities ``(P, N, C)`` in float64 (the first ``num_samples``; ``None``: all)."""
+    model.eval()
+    rows = max(1, batch_size // model.num_particles)
+    with torch.no_grad():
+        probs = torch.cat([model(x[i : i + rows]).softmax(-1) for i in range(0, len(x), rows)], dim=1)  # (P, N, C)
+    return (probs if num_samples is None else probs[:num_samples]).double()
+
+
+def member_scores(probs: Tensor, y: Tensor) -> dict[str, float]:
+    """Means over an ensemble's members of their own accuracy, NLL, ECE and confidence; ``probs`` is ``(P, N, C)``.
+
+    The confidence is the mean top-class probability, ``(1/N) Σ_n max_c p_nc``. Beside the averaged
+    prediction's, these say whether the members are calibrated one by one and what averaging them changes:
+    members that are each over-confident can average to an under-confident ensemble when they disagree.
+    """
+    each = [scores(p, y) for p in probs]
+    return {
+        "accuracy": fmean(e.accuracy for e in each),
+        "nll": fmean(e.nll for e in each),
+        "ece": fmean(e.ece for e in each),
+        "confidence": float(probs.max(-1).values.mean()),
+    }
 
 
 def digits_ood(x_test: Tensor) -> Tensor:
@@ -166,10 +192,16 @@ class ClassificationTask:
         return {"test_accuracy": evaluate(model, self.xte, self.yte, num_samples=samples).accuracy}
 
     def final_metrics(self, model: nn.Module, num_samples: int | None) -> dict[str, Any]:
-        """Test accuracy, NLL and ECE with ``num_samples`` posterior samples; OOD AUROC where there is an OOD set."""
+        """Test accuracy, NLL and ECE with ``num_samples`` posterior samples; OOD AUROC where there is an OOD set.
+
+        For an ensemble also the averaged prediction's confidence and its members' own scores (:func:`member_scores`).
+        """
         probs = predictive_probs(model, self.xte, num_samples)
         ev = scores(probs, self.yte)
         out: dict[str, Any] = {"test_accuracy": ev.accuracy, "nll": ev.nll, "ece": ev.ece}
+        if isinstance(model, Ensemble):
+            out["confidence"] = float(probs.max(1).values.mean())
+            out["members"] = member_scores(member_probs(model, self.xte, num_samples), self.yte)
         if self.xood is not None:
             out["ood_auroc"] = ood_auroc(probs, predictive_probs(model, self.xood, num_samples))
         return out

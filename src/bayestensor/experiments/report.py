@@ -50,6 +50,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"| ECE | {report.get('ece', float('nan')):.4f} |",
         *([f"| OOD AUROC (predictive entropy) | {report['ood_auroc']:.4f} |"] if "ood_auroc" in report else []),
         *(
+            [
+                f"| confidence (mean top-class probability) | {report['confidence']:.4f} |",
+                "| members, mean of their own: accuracy / NLL / ECE / confidence | "
+                + " / ".join(f"{report['members'][k]:.4f}" for k in ("accuracy", "nll", "ece", "confidence"))
+                + " |",
+            ]
+            if "members" in report
+            else []
+        ),
+        *(
             [f"| posterior particles (stored params are per particle) | {report['predictive_samples']} |"]
             if "sampler" in report
             else []
