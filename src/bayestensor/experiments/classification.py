@@ -196,12 +196,17 @@ class ClassificationTask:
 
         For an ensemble also the averaged prediction's confidence and its members' own scores (:func:`member_scores`).
         """
-        probs = predictive_probs(model, self.xte, num_samples)
+        members = None
+        if isinstance(model, Ensemble):  # one pass: the members, then their float32 average as predict() takes it
+            members = member_probs(model, self.xte, num_samples)  # (P, N, C)
+            probs = members.float().mean(0).double()
+        else:
+            probs = predictive_probs(model, self.xte, num_samples)
         ev = scores(probs, self.yte)
         out: dict[str, Any] = {"test_accuracy": ev.accuracy, "nll": ev.nll, "ece": ev.ece}
-        if isinstance(model, Ensemble):
+        if members is not None:
             out["confidence"] = float(probs.max(1).values.mean())
-            out["members"] = member_scores(member_probs(model, self.xte, num_samples), self.yte)
+            out["members"] = member_scores(members, self.yte)
         if self.xood is not None:
             out["ood_auroc"] = ood_auroc(probs, predictive_probs(model, self.xood, num_samples))
         return out
