@@ -305,6 +305,14 @@ def test_plan_caches_stay_bounded_and_replan_what_they_dropped(fmt, monkeypatch)
         torch.testing.assert_close(bt.prior_loss(layer), prior, rtol=1e-12, atol=1e-12)
 
 
+def _layer_contraction(fmt, shape, ranks, batch=256):
+    """Terms, output and index sizes of a layer's contraction of ``x`` with every factor, as in ``linear_plan``."""
+    network = bt.get_format(fmt).network(shape, shape, ranks)
+    sym, factors, x_term, out_modes, _ = linear_terms(network)
+    sizes = {sym[k]: v for k, v in network.sizes.items()} | {BATCH: batch}
+    return [x_term, *factors], BATCH + out_modes, sizes
+
+
 def _streamed_cost(steps, sizes):
     """``Σ_steps (multiply-adds + MOVE_FLOPS/2 · elements written)``, and how many steps carry the batch."""
     size = lambda term: math.prod(sizes[c] for c in term)  # noqa: E731
@@ -321,10 +329,7 @@ def test_streamed_plans_price_the_batch_intermediates_they_write(fmt):
     """A layer's contraction is planned for FLOPs plus memory traffic: never worse by that than the FLOP plan."""
     shape = (4, 4, 8, 8)
     tensor = bt.FactorizedTensor(fmt, shape, shape, 6, dtype=torch.float64)
-    network = bt.get_format(fmt).network(shape, shape, tuple(tensor.ranks))
-    sym, factors, x_term, out_modes, _ = linear_terms(network)
-    sizes = {sym[k]: v for k, v in network.sizes.items()} | {BATCH: 256}
-    terms, out = [x_term, *factors], BATCH + out_modes
+    terms, out, sizes = _layer_contraction(fmt, shape, tuple(tensor.ranks))
     streamed, _, _ = plan_contraction(terms, out, sizes, streamed=True)
     by_flops, _, _ = plan_contraction(terms, out, sizes)
     assert _streamed_cost(streamed, sizes)[0] <= _streamed_cost(by_flops, sizes)[0] * (1 + 1e-12)
@@ -335,10 +340,8 @@ def test_streamed_plans_price_the_batch_intermediates_they_write(fmt):
 def test_tucker_takes_the_batch_through_kronecker_pairs():
     """At the benchmark's Tucker ranks the batch meets pairs of factors: five batch-sized steps instead of nine."""
     shape, ranks = (4, 4, 8, 8), (3, 3, 6, 6, 3, 3, 6, 6)
-    network = bt.get_format("tucker").network(shape, shape, ranks)
-    sym, factors, x_term, out_modes, _ = linear_terms(network)
-    sizes = {sym[k]: v for k, v in network.sizes.items()} | {BATCH: 256}
-    streamed, _, _ = plan_contraction([x_term, *factors], BATCH + out_modes, sizes, streamed=True)
-    by_flops, _, _ = plan_contraction([x_term, *factors], BATCH + out_modes, sizes)
+    terms, out, sizes = _layer_contraction("tucker", shape, ranks)
+    streamed, _, _ = plan_contraction(terms, out, sizes, streamed=True)
+    by_flops, _, _ = plan_contraction(terms, out, sizes)
     assert _streamed_cost(by_flops, sizes)[1] == 9 and _streamed_cost(streamed, sizes)[1] == 5
     assert linear_plan("tucker", shape, shape, ranks, 256).einsum_steps == streamed
