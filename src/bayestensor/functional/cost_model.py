@@ -105,6 +105,23 @@ BMM_PENALTY = 1.5
 WAIST_CHUNK_ELEMS = 1 << 18
 
 
+#: Most factors for which the two-stage search tries every split of the factors into ``P`` and ``Q``
+#: (``2^n``). Larger networks try only the splits into a contiguous run of factors and the rest: a chain's
+#: (TT, TTM) bonds, and for Tucker and CP, whose factors are stored core / output modes / input modes, the
+#: input modes' factors against the others. All ``2^17`` splits of a Tucker layer with eight modes a side
+#: took 22 s to cost.
+ALL_SPLITS_MAX_FACTORS = 12
+
+
+def _splits(nf: int) -> list[int]:
+    """Bit masks of the factors stage 1 may take: all proper subsets, or contiguous runs beyond the bound."""
+    if nf <= ALL_SPLITS_MAX_FACTORS:
+        return list(range(1, (1 << nf) - 1))
+    runs = {((1 << (j - i)) - 1) << i for i in range(nf) for j in range(i + 1, nf + 1)}
+    full = (1 << nf) - 1
+    return sorted((runs | {full ^ m for m in runs}) - {0, full})
+
+
 def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: list, o2: list, size) -> tuple:
     """Everything one variant fixes, from its stage kinds (see :class:`TwoStage`).
 
@@ -133,7 +150,7 @@ def _best_two_stage(
     size = lambda idx: math.prod(sizes[c] for c in idx)  # noqa: E731
     n_x, n_y = batch * size(ins), batch * size(outs)
     best = None
-    for mask in range(1, (1 << nf) - 1):
+    for mask in _splits(nf):
         p = tuple(f for f in range(nf) if mask >> f & 1)
         q = tuple(f for f in range(nf) if not mask >> f & 1)
         in_p, in_q = set("".join(terms[f] for f in p)), set("".join(terms[f] for f in q))
