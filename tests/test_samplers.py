@@ -172,6 +172,51 @@ def test_one_particle_svgd_is_map_gradient_descent(layer_type, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("layer_type", list(EXAMPLES), ids=lambda t: t.__name__)
+def test_particles_continue_the_map_fits_adam(layer_type, fmt):
+    """Clones given the fit's Adam state: one particle goes on exactly as the MAP fit's own next Adam steps."""
+    model, x, call = _map_model(layer_type, fmt)
+    n = 50
+
+    def map_step(m, opt):
+        loss = _task_loss(call(m, x)) + bt.prior_loss(m) / n
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):  # the MAP fit: Adam has moments and a step count
+        map_step(model, opt)
+    bt.update_rank_variances(model)
+    ens = bt.Ensemble.clone(model, 1)
+    ens_opt = torch.optim.Adam(ens.parameters(), lr=0.01)
+    assert ens.load_optimizer_state_(ens_opt, opt, model) == len(list(model.parameters()))
+    svgd = bt.SVGD(ens, ens_opt, num_data=n)
+    for _ in range(3):
+        out = ens.map_particles(call, x)
+        svgd.step(_task_loss(out[0]).unsqueeze(0), out)
+        map_step(model, opt)
+    bt.update_rank_variances(model)
+    params, _ = ens.stacked()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(params[name][0], p.detach(), rtol=1e-10, atol=1e-12)
+        assert int(ens_opt.state[params[name]]["step"]) == int(opt.state[p]["step"]) == 6
+    # several particles each get the fit's moments; a fresh Adam (no state loaded) takes another first step
+    ens3 = bt.Ensemble.clone(model, 3, jitter=0.1)
+    opt3 = torch.optim.Adam(ens3.parameters(), lr=0.01)
+    ens3.load_optimizer_state_(opt3, opt, model)
+    params3, _ = ens3.stacked()
+    for name, p in model.named_parameters():
+        for key in ("exp_avg", "exp_avg_sq"):
+            state = opt3.state[params3[name]][key]
+            assert state.shape == (3, *p.shape)
+            for i in range(3):
+                assert torch.equal(state[i], opt.state[p][key])
+    with pytest.raises(ValueError, match="target does not optimise the particles' parameter"):
+        ens3.load_optimizer_state_(torch.optim.Adam(model.parameters()), opt, model)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("layer_type", list(EXAMPLES), ids=lambda t: t.__name__)
 def test_vectorised_ensemble_equals_a_loop_of_models(layer_type, fmt):
     model, x, call = _map_model(layer_type, fmt)
     ens = bt.Ensemble.clone(model, 3, jitter=0.1)

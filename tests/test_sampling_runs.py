@@ -131,6 +131,31 @@ def test_the_sampler_phase_runs_at_the_kl_weight_it_is_given(method):
     assert SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg)).sampler.temperature == 0.5
 
 
+def test_svgd_from_map_clones_continues_the_map_optimizer():
+    """``init="map"``: every particle gets the MAP fit's Adam moments and step; scratch draws and
+    ``sampler.keep_optimizer = false`` start a fresh Adam."""
+    cfg = default_config("digits-fc")
+    cfg.model.method, cfg.sampler.init, cfg.sampler.particles = "svgd", "map", 3
+    exp = get_experiment("digits-fc")
+    model = exp.build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    x = torch.randn(16, 64)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    phase = SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg), map_optimizer=opt)
+    params, _ = phase.ensemble.stacked()
+    for name, p in model.named_parameters():
+        state = phase.optimizer.state[params[name]]
+        assert int(state["step"]) == 2
+        assert torch.equal(state["exp_avg_sq"], opt.state[p]["exp_avg_sq"].expand(3, *p.shape))
+    for init, keep in (("scratch", True), ("map", False)):
+        cfg.sampler.init, cfg.sampler.keep_optimizer = init, keep
+        fresh = SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg), map_optimizer=opt)
+        assert not fresh.optimizer.state
+
+
 def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
     data = write_idx_dir(tmp_path / "fashion")
     args = _args(data, tmp_path / "runs", "svgd")

@@ -69,6 +69,7 @@ class SamplerConfig:
     epochs: int = 0  # passes over the training data (batches of train.batch_size); 0 = train.epochs
     lr: float = 0.0  # SVGD: Adam step (0 = train.lr); SGHMC: step size on the mean loss (0 = 0.01)
     jitter: float = 0.01  # init "map": particles 2..P get every entry perturbed by jitter * RMS of its parameter
+    keep_optimizer: bool = True  # SVGD with init "map": the particles continue the MAP fit's Adam state (else fresh)
     bandwidth: float = 0.0  # SVGD RBF bandwidth h; 0 = the median heuristic
     temperature: float = 1.0  # both samplers target p(theta | D)^(1/T); 1 = the posterior, < 1 = "cold"
     friction: float = 0.1  # SGHMC friction alpha in (0, 1]

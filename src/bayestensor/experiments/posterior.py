@@ -15,7 +15,11 @@ stated trade-off chose:
   experiment's model at the ranks ARD found (:meth:`~bayestensor.Ensemble.from_scratch`), so the
   particles start as far apart as independent trainings do;
 * ``sampler.init = "map"``: every particle is a copy of the MAP model, perturbed by
-  ``sampler.jitter`` (paper (B)'s recipe).
+  ``sampler.jitter`` (paper (B)'s recipe). With ``sampler.keep_optimizer`` (default) SVGD's Adam
+  continues the MAP fit's state, each particle with the moments of the parameter it was cloned
+  from (:meth:`~bayestensor.Ensemble.load_optimizer_state_`): a fresh Adam's first steps move every
+  entry by about the learning rate whatever its gradient, which on ``fashion-mnist-resnet`` took
+  the particles from their MAP phase's 0.8972 to a mean of 0.8657 in one epoch.
 
 Each particle keeps its own rank variances and their M-step; at the end the ensemble is pruned to
 what any particle still uses (:meth:`~bayestensor.Ensemble.prune_`) and predicts by averaging its
@@ -115,6 +119,7 @@ class SamplerPhase:
         steps_per_epoch: int,
         build: Callable[[], nn.Module],
         kl_weight: float | None = None,
+        map_optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         check_sampler_config(cfg)
         s = cfg.sampler
@@ -130,6 +135,8 @@ class SamplerPhase:
         self.optimizer: torch.optim.Optimizer | None = None
         if self.method == "svgd":
             self.optimizer = make_optimizer(self.ensemble, s.lr or cfg.train.lr)
+            if s.init == "map" and s.keep_optimizer and map_optimizer is not None:
+                self.ensemble.load_optimizer_state_(self.optimizer, map_optimizer, model)
             self.sampler: SVGD | SGHMC = SVGD(
                 self.ensemble,
                 self.optimizer,

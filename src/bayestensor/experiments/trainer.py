@@ -303,6 +303,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             steps,
             lambda: exp.build_model(cfg).to(device),
             cfg.train.kl_weight * ard.beta_scale,
+            optimizer,
         )
         done = state.get("sampler") if resume else None
         if done is not None:

@@ -329,6 +329,54 @@ class Ensemble(nn.Module):
         for name, lam in self.map_particles(_rank_variance_targets).items():
             getattr(self.particle_buffers, _mangle(name)).copy_(lam)
 
+    @torch.no_grad()
+    def load_optimizer_state_(
+        self, target: torch.optim.Optimizer, source: torch.optim.Optimizer, model: nn.Module
+    ) -> int:
+        """Give every particle ``source``'s state for ``model``'s parameter of the same name, in ``target``.
+
+        For an ensemble cloned from ``model`` (:meth:`clone`) this continues the optimizer that
+        fitted it instead of starting a fresh one: a fresh Adam's first steps move every entry by
+        about the learning rate whatever its gradient (``m̂ / √v̂ = ±1`` at step 1), which throws
+        particles cloned from a MAP fit off it, while the fit's own moments scale each entry's step
+        to its gradient's history. Every state tensor of the parameter's shape (Adam's moments,
+        SGD's momentum buffer) is repeated along the particle axis; the ``"step"`` counter and
+        other entries are copied. Parameters of ``model`` that ``source`` has no state for, or
+        whose shape differs from the particles' (the ensemble was pruned), are left as they are.
+
+        Parameters
+        ----------
+        target
+            An optimizer over this ensemble's parameters (``self.parameters()``).
+        source
+            The optimizer that trained ``model``.
+        model
+            The model the particles were cloned from.
+
+        Returns
+        -------
+        int
+            How many of the particles' parameters received a state.
+        """
+        own = {id(p) for group in target.param_groups for p in group["params"]}
+        params, _ = self.stacked()
+        done = 0
+        for name, p in model.named_parameters():
+            state = source.state.get(p)
+            stacked = params.get(name)
+            if not state or stacked is None or stacked.shape[1:] != p.shape:
+                continue
+            if id(stacked) not in own:
+                raise ValueError(f"target does not optimise the particles' parameter {name!r}")
+            target.state[stacked] = {
+                k: v.unsqueeze(0).repeat(self.num_particles, *([1] * v.dim())).to(stacked.device)
+                if isinstance(v, Tensor) and k != "step" and v.shape == p.shape
+                else (v.clone() if isinstance(v, Tensor) else copy.deepcopy(v))
+                for k, v in state.items()
+            }
+            done += 1
+        return done
+
     def particle_models(self) -> list[nn.Module]:
         """The particles as ``P`` separate models (copies; changing them does not change the ensemble)."""
         params, buffers = self.stacked()
