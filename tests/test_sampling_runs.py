@@ -179,6 +179,7 @@ def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
         (["sampler.bandwidth=-1"], "sampler.bandwidth: expected an RBF bandwidth h > 0, or 0 for the median heuristic"),
         (["sampler.burn_in=1"], "sampler.burn_in: expected a fraction of the steps in [0, 1), got 1.0"),
         (["sampler.init=map", "sampler.jitter=0"], "sampler.jitter = 0 clones identical particles"),
+        (["sampler.epochs=-0.5"], "sampler.epochs: expected passes over the data > 0 (0.5 = half of one), or 0 for"),
     ],
 )
 def test_bad_sampler_settings_fail_before_any_file_is_written(overrides, message, tmp_path, capsys):
@@ -228,3 +229,25 @@ def test_vmap_and_loop_execution_train_the_same_posterior(tmp_path):
     assert a["params"] == b["params"]
     for key in ("nll", "ece", "ood_auroc"):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def _sampler_steps_taken(run_dir: Path) -> int:
+    """The SVGD optimizer's step count in the run's checkpoint (particles from scratch: the sampler's steps)."""
+    state = load_checkpoint(run_dir / "checkpoint.pt")["sampler"]["state"]["optimizer"]["state"]
+    return {int(s["step"]) for s in state.values()}.pop()
+
+
+def test_a_fraction_of_a_sampler_epoch_runs_that_share_of_the_batches(tmp_path):
+    """``sampler.epochs = 1.5``: one full pass, then half of the next one's batches."""
+    data = write_idx_dir(tmp_path / "fashion")
+    taken, rows = {}, {}
+    for epochs in ("1", "1.5"):
+        out = tmp_path / f"runs{epochs}"
+        assert main(_args(data, out, "svgd", "--set", f"sampler.epochs={epochs}")) == 0
+        (run_dir,) = out.iterdir()
+        taken[epochs] = _sampler_steps_taken(run_dir)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        rows[epochs] = [r for r in map(json.loads, lines) if "sampler_epoch" in r]
+    per_epoch = taken["1"]
+    assert per_epoch > 1 and taken["1.5"] == round(1.5 * per_epoch)
+    assert [r["sampler_epoch"] for r in rows["1"]] == [0] and [r["sampler_epoch"] for r in rows["1.5"]] == [0, 1]

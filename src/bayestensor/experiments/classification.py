@@ -146,11 +146,18 @@ class ClassificationTask:
             perm = perm[self.ctx.rank :: self.ctx.world_size][:per_rank]
         return perm.to(self.device)
 
-    def _pass(self, epoch: int, label: str, console: Console, step: Callable[[Tensor, Tensor], Any]) -> list[Any]:
-        """``step(x, y)`` on every batch of epoch ``epoch``'s permutation, with a progress bar; the results."""
+    def _pass(
+        self,
+        epoch: int,
+        label: str,
+        console: Console,
+        step: Callable[[Tensor, Tensor], Any],
+        batches: int | None = None,
+    ) -> list[Any]:
+        """``step(x, y)`` on the (first ``batches``) batches of epoch ``epoch``'s permutation, with a progress bar."""
         perm = self._batches(epoch)
         size = self.cfg.train.batch_size
-        starts = range(0, len(perm), size)
+        starts = range(0, len(perm), size)[:batches]
         out = []
         with console.progress(len(starts), label) as advance:
             for i in starts:
@@ -181,9 +188,12 @@ class ClassificationTask:
         batches = max(len(steps), 1)
         return {"train_loss": sum(s[0] for s in steps) / batches, "prior_loss": sum(s[1] for s in steps) / batches}
 
-    def sampler_epoch(self, phase: SamplerPhase, epoch: int, console: Console) -> dict[str, float]:
-        """One pass of the sampler over the training set (the batches of epoch ``train.epochs + epoch``)."""
-        steps = self._pass(self.cfg.train.epochs + epoch, f"{phase.method} epoch {epoch + 1}", console, phase.step)
+    def sampler_epoch(
+        self, phase: SamplerPhase, epoch: int, console: Console, batches: int | None = None
+    ) -> dict[str, float]:
+        """One pass of the sampler over the training set (the first ``batches`` of epoch ``train.epochs + epoch``)."""
+        label = f"{phase.method} epoch {epoch + 1}"
+        steps = self._pass(self.cfg.train.epochs + epoch, label, console, phase.step, batches)
         return {"potential": sum(steps) / max(len(steps), 1)}
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:

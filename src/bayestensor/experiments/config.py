@@ -66,7 +66,7 @@ class SamplerConfig:
 
     particles: int = 8  # SVGD particles / SGHMC chains
     init: str = "scratch"  # "scratch": fresh draws at the ranks ARD found; "map": copies of the MAP model (+ jitter)
-    epochs: int = 0  # passes over the training data (batches of train.batch_size); 0 = train.epochs
+    epochs: float = 0.0  # passes over the training data in train.batch_size batches (0.5: half); 0 = train.epochs
     lr: float = 0.0  # SVGD: Adam step (0 = train.lr); SGHMC: step size on the mean loss (0 = 0.01)
     jitter: float = 0.01  # init "map": particles 2..P get every entry perturbed by jitter * RMS of its parameter
     keep_optimizer: bool = True  # SVGD with init "map": the particles continue the MAP fit's Adam state (else fresh)

@@ -42,7 +42,7 @@ from .config import ConfigError, RunConfig
 from .models import SAMPLERS
 from .optim import make_optimizer
 
-__all__ = ["SAMPLERS", "SamplerPhase", "check_sampler_config", "sampler_epochs"]
+__all__ = ["SAMPLERS", "SamplerPhase", "check_sampler_config", "sampler_passes", "sampler_steps"]
 
 
 #: SGHMC step size on the mean loss when ``sampler.lr`` is 0 (an SGD learning rate times ``1 − friction``).
@@ -60,8 +60,11 @@ def check_sampler_config(cfg: RunConfig) -> None:
         raise ConfigError(f"sampler.init: expected one of {', '.join(INITS)}, got {s.init!r}")
     if s.execution not in EXECUTIONS:
         raise ConfigError(f"sampler.execution: expected one of {', '.join(EXECUTIONS)}, got {s.execution!r}")
-    if s.epochs < 0:
-        raise ConfigError(f"sampler.epochs: expected an int >= 1, or 0 for train.epochs, got {s.epochs}")
+    if not 0 <= s.epochs < math.inf:
+        raise ConfigError(
+            f"sampler.epochs: expected passes over the data > 0 (0.5 = half of one), or 0 for train.epochs, "
+            f"got {s.epochs}"
+        )
     if not s.lr >= 0:
         raise ConfigError(f"sampler.lr: expected a step size > 0, or 0 for the default, got {s.lr}")
     if not s.jitter >= 0:
@@ -103,9 +106,15 @@ def vectorize(execution: str, model: nn.Module) -> bool:
     return not (convs and next(model.parameters()).device.type == "cpu")
 
 
-def sampler_epochs(cfg: RunConfig) -> int:
-    """Passes of the sampler over the training data (``sampler.epochs``, or ``train.epochs`` for 0)."""
-    return cfg.sampler.epochs or cfg.train.epochs
+def sampler_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
+    """The sampler's steps: ``sampler.epochs`` (or ``train.epochs`` for 0) passes of ``steps_per_epoch``, at least 1."""
+    return max(1, round((cfg.sampler.epochs or cfg.train.epochs) * steps_per_epoch))
+
+
+def sampler_passes(cfg: RunConfig, steps_per_epoch: int) -> list[int]:
+    """The batches of each of the sampler's passes over the data: full passes, the last one cut to the remainder."""
+    total = sampler_steps(cfg, steps_per_epoch)
+    return [min(steps_per_epoch, total - k) for k in range(0, total, steps_per_epoch)]
 
 
 class SamplerPhase:
@@ -146,7 +155,7 @@ class SamplerPhase:
                 temperature=s.temperature,
             )
         else:
-            steps = sampler_epochs(cfg) * steps_per_epoch
+            steps = sampler_steps(cfg, steps_per_epoch)
             burn_in = int(s.burn_in * steps)
             thin = s.thin or max(1, (steps - burn_in) * s.particles // s.max_samples)
             self.sampler = SGHMC(

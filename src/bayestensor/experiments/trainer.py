@@ -28,7 +28,7 @@ from .compiled import CompiledObjective, check_compile_mode, use_compile
 from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
 from .optim import epoch_learning_rate, make_optimizer, set_learning_rate
-from .posterior import SAMPLERS, SamplerPhase, check_sampler_config, sampler_epochs
+from .posterior import SAMPLERS, SamplerPhase, check_sampler_config, sampler_passes
 from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
@@ -309,8 +309,9 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         if done is not None:
             phase.load_state_dict(done["state"])
             set_rng_state(resume_rng)  # cloning drew random numbers that the uninterrupted run did not draw here
-        for k in range(0 if done is None else done["epoch"] + 1, sampler_epochs(cfg)):
-            out = task.sampler_epoch(phase, k, console)
+        passes = sampler_passes(cfg, steps)
+        for k in range(0 if done is None else done["epoch"] + 1, len(passes)):
+            out = task.sampler_epoch(phase, k, console, passes[k])
             current = phase.current()
             row = {
                 "epoch": cfg.train.epochs + k,
