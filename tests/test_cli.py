@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import fields
 
 import pytest
 
 from _datafiles import write_idx_dir
 from bayestensor.cli.main import main
 from bayestensor.experiments import available_experiments
+from bayestensor.experiments.config import merge
 from bayestensor.experiments.progress import Console
+from bayestensor.experiments.registry import default_config
 
 
 def test_experiments_lists_every_registered_experiment(capsys):
@@ -62,6 +66,19 @@ def test_bad_types(tmp_path, capsys):
         capsys, ["train", "criteo-dlrm", "--synthetic", "--set", "model.bottom_mlp=a-b", "--out",
                  str(tmp_path)]
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", available_experiments())
+def test_every_float_setting_takes_a_fraction_whatever_the_experiments_default(experiment):
+    """Types come from the config's declarations: an experiment that sets ``sampler.epochs = 1`` keeps it a number."""
+    cfg = default_config(experiment)
+    for section in fields(cfg):
+        if not dataclasses.is_dataclass(getattr(cfg, section.name)):
+            continue
+        for f in fields(getattr(cfg, section.name)):
+            if isinstance(f.default, float):
+                merge(cfg, {section.name: {f.name: 0.5}})
+                assert getattr(getattr(cfg, section.name), f.name) == 0.5
 
 
 @pytest.mark.parametrize("experiment", ["mnist-fc", "cifar10-cnn", "cifar10-resnet", "criteo-dlrm"])

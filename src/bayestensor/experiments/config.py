@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +163,9 @@ def merge(cfg: Any, data: dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{key}: expected a section (table), got {value!r}")
             merge(current, value, prefix=f"{prefix}{key}.")
-        else:
-            setattr(cfg, key, _check_type(prefix + key, value, current))
+        else:  # typed by the declared default: an experiment giving a float field an int keeps it a float field
+            declared = known[key].default
+            setattr(cfg, key, _check_type(prefix + key, value, current if declared is MISSING else declared))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
