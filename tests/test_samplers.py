@@ -200,7 +200,7 @@ def test_particles_continue_the_map_fits_adam(layer_type, fmt):
     for name, p in model.named_parameters():
         torch.testing.assert_close(params[name][0], p.detach(), rtol=1e-10, atol=1e-12)
         assert int(ens_opt.state[params[name]]["step"]) == int(opt.state[p]["step"]) == 6
-    # several particles each get the fit's moments; a fresh Adam (no state loaded) takes another first step
+    # several particles: each gets the fit's moments, repeated along the particle axis
     ens3 = bt.Ensemble.clone(model, 3, jitter=0.1)
     opt3 = torch.optim.Adam(ens3.parameters(), lr=0.01)
     ens3.load_optimizer_state_(opt3, opt, model)
