@@ -70,8 +70,24 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     assert report["confidence"] == pytest.approx(float(probs.max(1).values.mean()), abs=1e-6)
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("sampler_epoch") for r in rows[-2:]] == [0, 1]
-    assert (run_dir / "report.md").read_text().count("OOD AUROC") == 1
+    assert (run_dir / "report.md").read_text().count("| OOD AUROC (predictive entropy) |") == 1
+    assert (run_dir / "report.md").read_text().count("| the MAP fit it started from") == 1
     assert (run_dir / "report.md").read_text().count("members, mean of their own") == 1
+
+
+def test_a_sampler_run_reports_the_map_fit_it_started_from_as_a_map_run_scores_it(tmp_path):
+    """``map_fit``: the MAP phase scored like the posterior, equal to a ``--method map`` run of the same seed."""
+    data = write_idx_dir(tmp_path / "fashion")
+    assert main(_args(data, tmp_path / "map", "map")) == 0
+    (map_dir,) = (tmp_path / "map").iterdir()
+    alone = json.loads((map_dir / "report.json").read_text())
+    assert "map_fit" not in alone
+    for method in SAMPLERS:
+        assert main(_args(data, tmp_path / method, method)) == 0
+        (run_dir,) = (tmp_path / method).iterdir()
+        fit = json.loads((run_dir / "report.json").read_text())["map_fit"]
+        assert fit == {k: alone[k] for k in ("test_accuracy", "nll", "ece", "ood_auroc")}, method
+        assert f"{fit['nll']:.4f}" in (run_dir / "report.md").read_text()
 
 
 @pytest.mark.parametrize("method", SAMPLERS)
@@ -88,7 +104,7 @@ def test_resume_in_the_sampler_phase_matches_an_uninterrupted_run(method, tmp_pa
     assert main(_args(data, full, method)) == 0
     a = json.loads((run_dir / "report.json").read_text())
     b = json.loads((full / run_dir.name / "report.json").read_text())
-    for key in ("test_accuracy", "nll", "ece", "ood_auroc", "params", "layers", "predictive_samples"):
+    for key in ("test_accuracy", "nll", "ece", "ood_auroc", "params", "layers", "predictive_samples", "map_fit"):
         assert a[key] == b[key], key
     pa = torch.load(run_dir / "posterior.pt", weights_only=True)
     pb = torch.load(full / run_dir.name / "posterior.pt", weights_only=True)

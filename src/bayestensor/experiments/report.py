@@ -64,6 +64,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             if "sampler" in report
             else []
         ),
+        *(
+            [
+                "| the MAP fit it started from: accuracy / NLL / ECE"
+                + (" / OOD AUROC" if "ood_auroc" in report["map_fit"] else "")
+                + " | "
+                + " / ".join(
+                    f"{report['map_fit'][k]:.4f}"
+                    for k in ("test_accuracy", "nll", "ece", "ood_auroc")
+                    if k in report["map_fit"]
+                )
+                + " |"
+            ]
+            if report.get("map_fit")
+            else []
+        ),
         f"| stored params | {report['params']:,} |",
         f"| params at max rank | {report.get('initial_params', report['params']):,} |",
         f"| dense params | {report['dense_params']:,} |",

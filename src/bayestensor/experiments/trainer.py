@@ -292,8 +292,12 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     if before is None:  # resumed after the last epoch: what it measured before its final prune
         before, params_before = state.get("before_final_prune") or (task.epoch_metrics(model), count_params(model))
     samples = cfg.train.predict_samples if cfg.model.method == "svi" and not cfg.model.dense else 1
-    posterior = None
+    posterior, map_fit = None, None
     if sampling:
+        # the MAP model the sampler follows, scored like the posterior: the same run's baseline (not training time)
+        t_eval = time.perf_counter()
+        map_fit = task.final_metrics(model, 1)
+        t0 += time.perf_counter() - t_eval
         steps = -(-task.num_train // cfg.train.batch_size)
         # at the KL weight ARD ended at: the stated trade-off (tolerance, target) holds the sampler's prior too
         phase = SamplerPhase(
@@ -351,7 +355,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "accuracy_before_prune": before["test_accuracy"],
         "predictive_samples": posterior.num_particles if posterior is not None else samples,
         **(
-            {"sampler": dataclasses.asdict(cfg.sampler), "sampler_kl_weight": phase.kl_weight}
+            {"sampler": dataclasses.asdict(cfg.sampler), "sampler_kl_weight": phase.kl_weight, "map_fit": map_fit}
             if posterior is not None
             else {}
         ),
