@@ -67,6 +67,10 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     nll = sum(float(-p[torch.arange(len(y)), y].log().mean()) for p in each) / size
     assert members["nll"] == pytest.approx(nll, rel=1e-5)
     assert members["confidence"] == pytest.approx(float(torch.stack(each).max(-1).values.mean()), abs=1e-6)
+    with torch.no_grad():
+        away = posterior(load_digits_ood((28, 28))).softmax(-1).double()  # (P, M, C)
+    own = sum(ood_auroc(p, q) for p, q in zip(each, away, strict=True)) / size
+    assert members["ood_auroc"] == pytest.approx(own, abs=1e-6)
     assert report["confidence"] == pytest.approx(float(probs.max(1).values.mean()), abs=1e-6)
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("sampler_epoch") for r in rows[-2:]] == [0, 1]

@@ -204,7 +204,8 @@ class ClassificationTask:
     def final_metrics(self, model: nn.Module, num_samples: int | None) -> dict[str, Any]:
         """Test accuracy, NLL and ECE with ``num_samples`` posterior samples; OOD AUROC where there is an OOD set.
 
-        For an ensemble also the averaged prediction's confidence and its members' own scores (:func:`member_scores`).
+        For an ensemble also the averaged prediction's confidence and its members' own scores (:func:`member_scores`,
+        and the mean of their own OOD AUROCs): what the averaging adds beside what the members are.
         """
         members = None
         if isinstance(model, Ensemble):  # one pass: the members, then their float32 average as predict() takes it
@@ -217,7 +218,11 @@ class ClassificationTask:
         if members is not None:
             out["confidence"] = float(probs.max(1).values.mean())
             out["members"] = member_scores(members, self.yte)
-        if self.xood is not None:
+        if self.xood is not None and members is not None:
+            ood = member_probs(model, self.xood, num_samples)  # (P, M, C)
+            out["ood_auroc"] = ood_auroc(probs, ood.float().mean(0).double())
+            out["members"]["ood_auroc"] = fmean(ood_auroc(p, q) for p, q in zip(members, ood, strict=True))
+        elif self.xood is not None:
             out["ood_auroc"] = ood_auroc(probs, predictive_probs(model, self.xood, num_samples))
         return out
 

@@ -37,6 +37,16 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return report, metrics
 
 
+#: The scores of a classification run, in the order a report row lists them: report key → name.
+SCORES = {"test_accuracy": "accuracy", "accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "ood_auroc": "OOD AUROC"}
+
+
+def _scores_row(label: str, scores: dict[str, float], names: dict[str, str]) -> str:
+    """``| label: a / b | x / y |``: the scores of ``names`` (key → name) that ``scores`` holds, in that order."""
+    keys = [k for k in names if k in scores]
+    return f"| {label}: {' / '.join(names[k] for k in keys)} | {' / '.join(f'{scores[k]:.4f}' for k in keys)} |"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Markdown lines summarising one run."""
     lines = [
@@ -52,9 +62,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         *(
             [
                 f"| confidence (mean top-class probability) | {report['confidence']:.4f} |",
-                "| members, mean of their own: accuracy / NLL / ECE / confidence | "
-                + " / ".join(f"{report['members'][k]:.4f}" for k in ("accuracy", "nll", "ece", "confidence"))
-                + " |",
+                _scores_row("members, mean of their own", report["members"], {**SCORES, "confidence": "confidence"}),
             ]
             if "members" in report
             else []
@@ -64,21 +72,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             if "sampler" in report
             else []
         ),
-        *(
-            [
-                "| the MAP fit it started from: accuracy / NLL / ECE"
-                + (" / OOD AUROC" if "ood_auroc" in report["map_fit"] else "")
-                + " | "
-                + " / ".join(
-                    f"{report['map_fit'][k]:.4f}"
-                    for k in ("test_accuracy", "nll", "ece", "ood_auroc")
-                    if k in report["map_fit"]
-                )
-                + " |"
-            ]
-            if report.get("map_fit")
-            else []
-        ),
+        *([_scores_row("the MAP fit it started from", report["map_fit"], SCORES)] if report.get("map_fit") else []),
         f"| stored params | {report['params']:,} |",
         f"| params at max rank | {report.get('initial_params', report['params']):,} |",
         f"| dense params | {report['dense_params']:,} |",
