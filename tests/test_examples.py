@@ -70,6 +70,28 @@ def test_svgd_step_benchmark_smoke():
     assert "SVGD x2 / MAP = " in result.stdout and "vectorised / loop = " in result.stdout
 
 
+def test_rescore_sampler_run_reproduces_the_report(tmp_path):
+    """benchmarks/rescore_sampler_run.py rebuilds a run's posterior and MAP fit from its folder: the report's scores."""
+    import importlib.util
+
+    from _datafiles import write_idx_dir
+    from bayestensor.cli.main import main
+
+    data = write_idx_dir(tmp_path / "fashion")
+    args = ["train", "fashion-mnist-fc", "--smoke", "--quiet", "--method", "svgd", "--data-dir", str(data),
+            "--out", str(tmp_path / "runs"), "--set", "sampler.particles=3"]  # fmt: skip
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    spec = importlib.util.spec_from_file_location("rescore", EXAMPLES.parent / "benchmarks" / "rescore_sampler_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.rescore(run_dir)
+    assert out["map_fit"] == out["report"]["map_fit"]
+    for key in module.SCORES:
+        assert out["posterior"][key] == pytest.approx(out["report"][key], abs=1e-12), key
+    assert out["posterior"]["members"] == pytest.approx(out["report"]["members"], abs=1e-12)
+
+
 def test_cp_merge_benchmark_smoke():
     """benchmarks/cp_merge.py (the README's merge table) loads a revision's merge and prints both results."""
     root = EXAMPLES.parent
