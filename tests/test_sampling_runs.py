@@ -75,7 +75,7 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("sampler_epoch") for r in rows[-2:]] == [0, 1]
     assert (run_dir / "report.md").read_text().count("| OOD AUROC (predictive entropy) |") == 1
-    assert (run_dir / "report.md").read_text().count("| the MAP fit it started from") == 1
+    assert (run_dir / "report.md").read_text().count("| the MAP fit before the sampler") == 1
     assert (run_dir / "report.md").read_text().count("members, mean of their own") == 1
 
 

@@ -72,7 +72,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             if "sampler" in report
             else []
         ),
-        *([_scores_row("the MAP fit it started from", report["map_fit"], SCORES)] if report.get("map_fit") else []),
+        *([_scores_row("the MAP fit before the sampler", report["map_fit"], SCORES)] if report.get("map_fit") else []),
         f"| stored params | {report['params']:,} |",
         f"| params at max rank | {report.get('initial_params', report['params']):,} |",
         f"| dense params | {report['dense_params']:,} |",
