@@ -79,7 +79,7 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     assert (run_dir / "report.md").read_text().count("members, mean of their own") == 1
 
 
-def test_a_sampler_run_reports_the_map_fit_it_started_from_as_a_map_run_scores_it(tmp_path):
+def test_a_sampler_run_reports_the_map_fit_before_its_sampler_as_a_map_run_scores_it(tmp_path):
     """``map_fit``: the MAP phase scored like the posterior, equal to a ``--method map`` run of the same seed."""
     data = write_idx_dir(tmp_path / "fashion")
     assert main(_args(data, tmp_path / "map", "map")) == 0
