@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from bayestensor.cli.main import main
 from bayestensor.data import KAGGLE_CARDINALITIES
 from bayestensor.experiments import available_experiments
 from bayestensor.experiments.auc import roc_auc
+from bayestensor.experiments.classification import ClassificationTask
+from bayestensor.experiments.clock import TrainingClock
 from bayestensor.experiments.config import ConfigError, RunConfig
 from bayestensor.experiments.dlrm_model import DLRM, largest_tables
 from bayestensor.experiments.models import tensor_kwargs
@@ -132,6 +135,38 @@ def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(extra, tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows_b
     ]
+
+
+def test_the_training_clock_leaves_out_what_it_scores_and_resumes_where_it_stopped():
+    clock = TrainingClock(train_seconds=5.0, scoring_seconds=1.0)
+    before = clock.train_seconds
+    assert clock.score(lambda s: time.sleep(s) or "scored", 0.3) == "scored"
+    with pytest.raises(ZeroDivisionError):
+        clock.score(lambda: (time.sleep(0.2), 1 / 0))
+    after = clock.train_seconds
+    assert 5.0 <= before <= after < before + 0.1  # neither call's 0.2-0.3 s of scoring counts as training
+    assert 1.5 <= clock.scoring_seconds < 1.6
+
+
+def test_a_runs_test_set_scoring_is_not_training_time(tmp_path, monkeypatch):
+    slow = 1.0
+    scored = ClassificationTask.epoch_metrics
+
+    def slow_metrics(self, model):
+        time.sleep(slow)
+        return scored(self, model)
+
+    monkeypatch.setattr(ClassificationTask, "epoch_metrics", slow_metrics)
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path), "--epochs", "2"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # each epoch's row scores once, and the last epoch once more before its final pruning: 3 s of scoring
+    assert report["scoring_seconds"] >= 3 * slow
+    assert rows[1]["seconds"] - rows[0]["seconds"] < slow  # a smoke epoch trains in far less than the sleep
+    assert report["train_seconds"] - rows[1]["seconds"] < slow
+    assert report["train_seconds"] == pytest.approx(rows[1]["seconds"], abs=slow)
+    assert "| scoring seconds (test metrics, not training) |" in (run_dir / "report.md").read_text()
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, capsys):

@@ -88,6 +88,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"| prune threshold (relative λ) | {report.get('prune_threshold')} |",
         f"| epochs | {report['epochs']} |",
         f"| train seconds | {report['train_seconds']:.1f} |",
+        *(
+            [f"| scoring seconds (test metrics, not training) | {report['scoring_seconds']:.1f} |"]
+            if "scoring_seconds" in report
+            else []
+        ),
         f"| peak RSS (MB) | {report['peak_rss_mb']:.0f} |",
         "",
     ]

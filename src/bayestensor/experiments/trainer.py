@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..tensors import count_params, dense_params
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
+from .clock import TrainingClock
 from .compiled import CompiledObjective, check_compile_mode, use_compile
 from .config import ConfigError, RunConfig, dump_toml
 from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
@@ -167,7 +167,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     initial_rms = weight_rms(model)
     optimizer = make_optimizer(model, cfg.train.lr)
     history: list[dict[str, Any]] = []
-    start, elapsed = 0, 0.0
+    start, elapsed, scoring = 0, 0.0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         state = load_checkpoint(ckpt_path, required=("model", "optimizer", "epoch", "history", "rng", "config"))
@@ -189,6 +189,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         resume_rng = rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0]
         set_rng_state(resume_rng)
         start, history, elapsed = state["epoch"] + 1, state["history"], state.get("elapsed", 0.0)
+        scoring = state.get("scoring_seconds", 0.0)
         initial_ranks, initial_params = state["initial_ranks"], state["initial_params"]
         initial_rms = state.get("initial_rms", initial_rms)
     ard = make_ard(model, optimizer, cfg, task.num_train, ctx)  # bad schedule arguments fail before any write
@@ -227,7 +228,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     validating = bayes and task.validation is not None
     held_out_loss = (lambda: task.validation_loss(model)) if validating else None  # pruning within train.tolerance
 
-    t0 = time.perf_counter() - elapsed
+    clock = TrainingClock(elapsed, scoring)
     before, params_before = None, 0
 
     def save_checkpoint(epoch: int, rng: Any, seconds: float, **extra: Any) -> None:
@@ -243,6 +244,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             "rng": rng,
             "config": cfg.to_dict(),
             "elapsed": seconds,
+            "scoring_seconds": clock.scoring_seconds,
             "initial_ranks": initial_ranks,
             "initial_params": initial_params,
             "initial_rms": initial_rms,
@@ -255,8 +257,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         lr = epoch_learning_rate(cfg.train.lr, cfg.train.lr_schedule, epoch, cfg.train.epochs)
         set_learning_rate(optimizer, lr)
         losses = task.train_epoch(net, objective, optimizer, epoch, console)
-        if epoch + 1 == cfg.train.epochs:
-            before, params_before = task.epoch_metrics(model), count_params(model)  # the last end_epoch prunes
+        if epoch + 1 == cfg.train.epochs:  # the last end_epoch prunes
+            before, params_before = clock.score(task.epoch_metrics, model), count_params(model)
         report_prune = ard.end_epoch(held_out_loss) if bayes else None
         pruned = report_prune.changed if report_prune is not None else None
         if pruned and ctx.enabled:
@@ -269,13 +271,13 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
             **losses,
             "kl_weight": beta,
             "lr": lr,
-            **task.epoch_metrics(model),
-            **({"validation_loss": held_out_loss()} if validating else {}),
+            **clock.score(task.epoch_metrics, model),
+            **({"validation_loss": clock.score(held_out_loss)} if validating else {}),
             "params": count_params(model),
             "ranks": ranks(model),
             "pruned": pruned,
             "lambda_min_ratio": {k: [min(s) for s in v] for k, v in _lambda_spectra(model).items()},
-            "seconds": time.perf_counter() - t0,
+            "seconds": clock.train_seconds,
         }
         history.append(row)
         rngs = gather_objects(rng_state(), ctx)
@@ -290,14 +292,15 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     ard.close()
 
     if before is None:  # resumed after the last epoch: what it measured before its final prune
-        before, params_before = state.get("before_final_prune") or (task.epoch_metrics(model), count_params(model))
+        before, params_before = state.get("before_final_prune") or (
+            clock.score(task.epoch_metrics, model),
+            count_params(model),
+        )
     samples = cfg.train.predict_samples if cfg.model.method == "svi" and not cfg.model.dense else 1
     posterior, map_fit = None, None
     if sampling:
-        # the MAP model the sampler follows, scored like the posterior: the same run's baseline (not training time)
-        t_eval = time.perf_counter()
-        map_fit = task.final_metrics(model, 1)
-        t0 += time.perf_counter() - t_eval
+        # the MAP model the sampler follows, scored like the posterior: the same run's baseline
+        map_fit = clock.score(task.final_metrics, model, 1)
         steps = -(-task.num_train // cfg.train.batch_size)
         # at the KL weight ARD ended at: the stated trade-off (tolerance, target) holds the sampler's prior too
         phase = SamplerPhase(
@@ -322,11 +325,11 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                 "sampler_epoch": k,
                 **out,
                 "kl_weight": phase.kl_weight,
-                **task.epoch_metrics(current),
+                **clock.score(task.epoch_metrics, current),
                 "particles": current.num_particles,
                 "params": count_params(phase.ensemble.base),  # per particle
                 "ranks": ranks(phase.ensemble.base),
-                "seconds": time.perf_counter() - t0,
+                "seconds": clock.train_seconds,
             }
             history.append(row)
             sampler_state = {"epoch": k, "particles": cfg.sampler.particles, "state": phase.state_dict()}
@@ -339,8 +342,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         posterior = phase.posterior()
         model, samples = posterior.base, None  # the layer table and the export: the first particle
 
-    train_seconds = time.perf_counter() - t0
-    final = task.final_metrics(posterior if posterior is not None else model, samples)
+    train_seconds = clock.train_seconds
+    final = clock.score(task.final_metrics, posterior if posterior is not None else model, samples)
     params = count_params(model)
     dense = dense_params(model)
     layers = layer_table(model, initial_ranks, initial_rms)
@@ -375,6 +378,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
         "validation_examples": cfg.data.validation,
         "epochs": cfg.train.epochs,
         "train_seconds": train_seconds,
+        "scoring_seconds": clock.scoring_seconds,
         "compile": cfg.train.compile,
         "compiles": sum(c.compiles for c in compiled) if compiling else None,
         **task.report_extras(model, history),
