@@ -137,7 +137,7 @@ def test_resume_after_a_hard_kill_matches_an_uninterrupted_run(extra, tmp_path):
     ]
 
 
-def test_the_training_clock_leaves_out_what_it_scores_and_resumes_where_it_stopped():
+def test_the_training_clock_leaves_out_what_it_scores_and_starts_from_a_resumed_runs_values():
     clock = TrainingClock(train_seconds=5.0, scoring_seconds=1.0)
     before = clock.train_seconds
     assert clock.score(lambda s: time.sleep(s) or "scored", 0.4) == "scored"
@@ -164,7 +164,6 @@ def test_a_runs_test_set_scoring_is_not_training_time(tmp_path, monkeypatch):
     # each epoch's row scores once, and the last epoch once more before its final pruning: 3 s of scoring
     assert report["scoring_seconds"] >= 3 * slow
     assert rows[1]["seconds"] - rows[0]["seconds"] < slow  # a smoke epoch trains in far less than the sleep
-    assert report["train_seconds"] - rows[1]["seconds"] < slow
     assert report["train_seconds"] == pytest.approx(rows[1]["seconds"], abs=slow)
     assert "| scoring seconds (test metrics, not training) |" in (run_dir / "report.md").read_text()
 
