@@ -39,7 +39,7 @@ def rescore(run_dir: Path) -> dict[str, object]:
     exp = get_experiment(cfg.experiment)
     task = make_task(exp, cfg, DistContext(), torch.device("cpu"))
     state = torch.load(run_dir / "posterior.pt", weights_only=True)
-    size = next(v for k, v in state.items() if k.startswith("particles.")).shape[0]
+    size = bt.Ensemble.particles_in(state)
     posterior = bt.Ensemble.clone(bt.load(run_dir / "model"), size)
     posterior.load_state_dict(state)
     posterior.vectorize = vectorize(cfg.sampler.execution, posterior.base)  # as the run: the same summation order

@@ -47,7 +47,7 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     # the posterior file rebuilds every particle from the exported first one
     first = bt.load(run_dir / "model")
     state = torch.load(run_dir / "posterior.pt", weights_only=True)
-    size = next(v for k, v in state.items() if k.startswith("particles.")).shape[0]
+    size = bt.Ensemble.particles_in(state)
     assert size == report["predictive_samples"] == (3 if method == "svgd" else 9)
     posterior = bt.Ensemble.clone(first, size)
     posterior.load_state_dict(state)

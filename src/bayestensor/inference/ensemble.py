@@ -432,14 +432,23 @@ class Ensemble(nn.Module):
         self.base._apply(fn)
         return super()._apply(fn, recurse)
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load stacked particles, also of another ensemble's pruned ranks; the particle count must match."""
+    @staticmethod
+    def particles_in(state_dict: dict[str, Any]) -> int:
+        """The number of particles an ensemble's ``state_dict`` stacks (a saved ``posterior.pt``, for example).
+
+        ``bt.Ensemble.clone(model, Ensemble.particles_in(state)).load_state_dict(state)`` rebuilds it.
+        """
         counts = {v.shape[0] for k, v in state_dict.items() if k.startswith("particles.") and v.dim() > 0}
         if len(counts) != 1:
             raise ValueError(
                 f"not an ensemble state dict: expected stacked 'particles.*' entries, got {list(state_dict)[:5]}"
             )
         (count,) = counts
+        return count
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load stacked particles, also of another ensemble's pruned ranks; the particle count must match."""
+        count = self.particles_in(state_dict)
         if count != self.num_particles:
             raise ValueError(f"the state dict holds {count} particles, this ensemble has {self.num_particles}")
         own = self.base.state_dict().keys()
