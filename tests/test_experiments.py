@@ -168,6 +168,43 @@ def test_a_runs_test_set_scoring_is_not_training_time(tmp_path, monkeypatch):
     assert "| scoring seconds (test metrics, not training) |" in (run_dir / "report.md").read_text()
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_goes_on_from_both_clocks_of_its_checkpoint(tmp_path, monkeypatch):
+    """Killed after epoch 2 of 3 (its scoring slowed by 1 s a call), resumed with fast scoring."""
+    slow = 1.0
+    scored = ClassificationTask.epoch_metrics
+
+    def slow_metrics(self, model):
+        time.sleep(slow)
+        return scored(self, model)
+
+    def kill(status):
+        raise _Killed(status)
+
+    args = ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--epochs", "3"]
+    with monkeypatch.context() as m:
+        m.setattr(ClassificationTask, "epoch_metrics", slow_metrics)
+        m.setattr(os, "_exit", kill)  # the trainer's hard kill, raised instead of ending pytest
+        m.setenv(KILL_ENV, "2")
+        with pytest.raises(_Killed):
+            main(args)
+    (run_dir,) = tmp_path.iterdir()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["scoring_seconds"] >= 2 * slow  # two epochs' rows, each scored once
+    assert state["elapsed"] < slow  # a smoke epoch trains in far less than the sleep
+    assert main([*args, "--resume"]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    # the resumed run adds its own fast scoring to the checkpoint's, and its training time to the checkpoint's
+    assert state["scoring_seconds"] <= report["scoring_seconds"] < state["scoring_seconds"] + slow
+    assert state["elapsed"] <= rows[1]["seconds"] <= rows[2]["seconds"] <= report["train_seconds"]
+    assert report["train_seconds"] < slow
+
+
 def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, capsys):
     out = tmp_path / "runs"
     args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
