@@ -1,6 +1,6 @@
 """A/B of the planned contractions: this checkout's ``bayestensor.functional`` against a git revision's.
 
-Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256] [--no-input-grad]
+Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256] [--no-input-grad] [--bias]
 
 Both versions run side by side in one process on the same factors: the revision's
 ``src/bayestensor/functional/`` is extracted with ``git archive`` and imported as a separate
@@ -9,7 +9,10 @@ one ``contraction.py``; either loads). Cases,
 all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batch 256 (``--batch``), float32:
 
 * ``factorized_linear`` of each format (the strategy its cost model picks), against ``nn.Linear``;
-  with ``--no-input-grad`` as a network's first layer (``x`` needs no gradient, for either);
+  with ``--no-input-grad`` as a network's first layer (``x`` needs no gradient, for either); with
+  ``--bias`` both with a bias, which ``nn.Linear`` adds within its GEMM, each checkout's
+  ``factorized_linear`` where it takes one, and a revision whose ``factorized_linear`` takes none
+  after it, as its layer did;
 * the reconstruction of ``W`` alone (``reconstruct_matrix``, then backward of a fixed gradient),
   this checkout's time over the base's;
 * a copy of a TTM-weight-sized tensor into ``(out, in)`` layout from the interleaved ``(m_k, n_k)``
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import io
 import re
 import subprocess
@@ -71,17 +75,28 @@ def load_revision(rev: str) -> types.ModuleType:
     return importlib.import_module(name)
 
 
+def with_bias(mod: types.ModuleType, x: torch.Tensor, fmt: str, factors, ranks, bias) -> torch.Tensor:
+    """``mod.factorized_linear`` plus ``bias`` (``None``: none): passed in where it takes one, else added after."""
+    if bias is None:
+        return mod.factorized_linear(x, fmt, factors, SHAPE, SHAPE, ranks)
+    if "bias" in inspect.signature(mod.factorized_linear).parameters:
+        return mod.factorized_linear(x, fmt, factors, SHAPE, SHAPE, ranks, bias=bias)
+    return mod.factorized_linear(x, fmt, factors, SHAPE, SHAPE, ranks) + bias
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="f21ddcb", help="git revision to compare against")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--no-input-grad", action="store_true", help="x needs no gradient (a first layer)")
+    parser.add_argument("--bias", action="store_true", help="every layer with a bias (nn.Linear's too)")
     args = parser.parse_args()
     torch.manual_seed(0)
     base = load_revision(args.base)
     x = torch.randn(args.batch, 1024, requires_grad=not args.no_input_grad)
-    dense = torch.nn.Linear(1024, 1024, bias=False)
+    dense = torch.nn.Linear(1024, 1024, bias=args.bias)
+    bias = dense.bias
     grad_w = torch.randn(1024, 1024)
     linear = {"nn.Linear": lambda: dense(x).sum().backward()}
     recon = {}
@@ -90,7 +105,7 @@ def main() -> None:
         ranks, factors = tuple(layer.weight.ranks), list(layer.weight.factors)
         for tag, mod in ((args.base, base), ("this checkout", current)):
             linear[f"{fmt} r={rank} {tag}"] = lambda mod=mod, f=factors, fmt=fmt, r=ranks: (
-                mod.factorized_linear(x, fmt, f, SHAPE, SHAPE, r).sum().backward()
+                with_bias(mod, x, fmt, f, r, bias).sum().backward()
             )
             recon[f"{fmt} r={rank} {tag}"] = lambda mod=mod, f=factors, fmt=fmt, r=ranks: mod.reconstruct_matrix(
                 fmt, f, SHAPE, SHAPE, r

@@ -217,6 +217,16 @@ def test_every_two_stage_layout_matches_dense_and_passes_gradcheck(fmt, in_s, ou
     _check_against_dense(layer, torch.randn(batch, n_in, dtype=torch.float64, requires_grad=True))
 
 
+def test_two_stage_with_a_permuted_output_adds_the_bias_in_its_own_layout():
+    """The second product adds the bias before ``y`` is permuted into the output modes: the bias goes there first."""
+    in_s, out_s = (2, 2, 4, 3), (4, 5, 4, 5)
+    layer = make("tucker", (48, 400, in_s, out_s), "two_stage", rank=4)
+    torch.nn.init.normal_(layer.bias)
+    split = linear_plan("tucker", out_s, in_s, tuple(layer.weight.ranks), 1).two_stage
+    assert split.y_perm != tuple(range(len(out_s) + 1))
+    _check_against_dense(layer, torch.randn(1, 48, dtype=torch.float64, requires_grad=True))
+
+
 @pytest.mark.parametrize("fmt,in_s,out_s,rank,batch,kinds,permuted", TWO_STAGE_VARIANTS)
 def test_two_stage_in_cache_sized_chunks_matches_dense(fmt, in_s, out_s, rank, batch, kinds, permuted, monkeypatch):
     """A batch run in passes of 2 rows (the last one ragged) gives dense outputs and gradients."""

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .cost_model import linear_plan_constant
@@ -30,8 +31,9 @@ def factorized_linear(
     in_shape: tuple[int, ...],
     ranks: tuple[int, ...],
     strategy: str = "auto",
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """``x Wᵀ`` for ``x`` of shape ``(B, prod(in_shape))``, without forming ``W`` unless cheaper.
+    """``x Wᵀ + bias`` for ``x`` of shape ``(B, prod(in_shape))``, without forming ``W`` unless cheaper.
 
     Parameters
     ----------
@@ -43,6 +45,9 @@ def factorized_linear(
         The format's factors, consistent with ``ranks``.
     strategy
         ``"auto"`` (cost model), ``"factorized"``, ``"reconstruct"``, ``"einsum"`` or ``"two_stage"``.
+    bias
+        ``(prod(out_shape),)`` or ``None``. A reconstructed ``W`` and the two-stage product add it
+        within their last matrix product (as ``nn.Linear`` does), not by another pass over ``y``.
 
     Returns
     -------
@@ -53,13 +58,13 @@ def factorized_linear(
     chosen, payload = linear_plan_constant(fmt, out_shape, in_shape, ranks, int(batch), strategy)
     if chosen == "reconstruct":
         weight = reconstruct_matrix(fmt, factors, out_shape, in_shape, ranks)  # (M, N)
-        return x @ weight.T  # (B, N) @ (N, M) -> (B, M)
+        return F.linear(x, weight, bias)  # (B, N) @ (N, M) -> (B, M)
     xt = x.reshape(batch, *in_shape)  # (B, n_1, ..., n_d)
     if chosen == "two_stage":
-        y = two_stage_linear(xt, factors, payload)  # (B, m_1, ..., m_d)
+        return two_stage_linear(xt, factors, payload, bias).reshape(batch, math.prod(out_shape))  # (B, M)
+    if payload.recompute and torch.is_grad_enabled():
+        y = torch.utils.checkpoint.checkpoint(_einsum_all, payload.steps, xt, *factors, use_reentrant=False)
     else:
-        if payload.recompute and torch.is_grad_enabled():
-            y = torch.utils.checkpoint.checkpoint(_einsum_all, payload.steps, xt, *factors, use_reentrant=False)
-        else:
-            y = _einsum_all(payload.steps, xt, *factors)  # (B, m_1, ..., m_d)
-    return y.reshape(batch, math.prod(out_shape))
+        y = _einsum_all(payload.steps, xt, *factors)  # (B, m_1, ..., m_d)
+    y = y.reshape(batch, math.prod(out_shape))
+    return y if bias is None else y + bias

@@ -19,12 +19,24 @@ def _is_identity(perm: tuple[int, ...]) -> bool:
     return perm == tuple(range(len(perm)))
 
 
-def _stage(a: Tensor, w: Tensor, kind: str, out: Tensor | None = None) -> Tensor:
-    """One stage on ``a`` of shape ``(B, R, C)``, written into ``out`` when given.
+def _stage(a: Tensor, w: Tensor, kind: str, out: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """One stage on ``a`` of shape ``(B, R, C)``, written into ``out`` when given, plus ``bias`` in every row.
 
     ``gemm``: ``(B·R, C) @ (C, D) -> (B, R, D)``; ``bmm``: ``(D, R) @ a[b] -> (B, D, C)`` for every ``b``.
+    ``bias`` has the per-row shape of the result; the product adds into it (one pass over the result
+    fewer than adding it afterwards, and BLAS's ``β = 1`` path).
     """
     batch, rows, cols = a.shape
+    if bias is not None:
+        y = a.new_empty((batch, *_stage_shape(kind, rows, cols, tuple(w.shape)))) if out is None else out
+        if kind == "gemm" and rows == 1:
+            return torch.addmm(bias.reshape(-1), a.reshape(batch, cols), w, out=y.view(batch, -1)).view(y.shape)
+        y.copy_(bias.expand(y.shape))
+        if kind == "gemm":
+            y.view(batch * rows, w.shape[1]).addmm_(a.reshape(batch * rows, cols), w)  # += (B·R, C) @ (C, D)
+        else:
+            y.baddbmm_(w.expand(batch, *w.shape), a)  # += (B, D, R) @ (B, R, C)
+        return y
     if kind == "gemm":
         flat = None if out is None else out.view(batch * rows, w.shape[1])
         return torch.mm(a.reshape(batch * rows, cols), w, out=flat).view(batch, rows, w.shape[1])  # (B·R, C) @ (C, D)
@@ -78,9 +90,16 @@ class _TwoStageProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, xm: Tensor, sp: Tensor, sq: Tensor, kinds: tuple[str, str], dims: tuple[int, ...], chunk: int
+        ctx,
+        xm: Tensor,
+        sp: Tensor,
+        sq: Tensor,
+        bias: Tensor | None,
+        kinds: tuple[str, str],
+        dims: tuple[int, ...],
+        chunk: int,
     ) -> Tensor:
-        ctx.meta = (kinds, dims, chunk)
+        ctx.meta = (kinds, dims, chunk, bias is not None)
         ctx.save_for_backward(xm, sp, sq)
         batch = xm.shape[0]
         y = xm.new_empty((batch, *_stage_shape(kinds[1], dims[2], dims[3], tuple(sq.shape))))
@@ -89,14 +108,14 @@ class _TwoStageProduct(torch.autograd.Function):
             xc = xm[start : start + chunk]
             t = _stage(xc, sp, kinds[0], out=waist[: xc.shape[0]])
             t = t.view(xc.shape[0], dims[2], dims[3])  # the waist (b, R2, C2)
-            _stage(t, sq, kinds[1], out=y[start : start + chunk])
+            _stage(t, sq, kinds[1], out=y[start : start + chunk], bias=bias)
         return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
         xm, sp, sq = ctx.saved_tensors
-        kinds, dims, chunk = ctx.meta
-        need_x, need_sp, need_sq = ctx.needs_input_grad[:3]
+        kinds, dims, chunk, has_bias = ctx.meta
+        need_x, need_sp, need_sq, need_bias = ctx.needs_input_grad[:4]
         batch = xm.shape[0]
         gx = xm.new_empty(xm.shape) if need_x else None  # contiguous, whatever xm's strides
         gsp = torch.zeros_like(sp) if need_sp else None
@@ -116,11 +135,23 @@ class _TwoStageProduct(torch.autograd.Function):
             _stage_backward(t, sq, gyc, kinds[1], gt, gsq)
             gxc = None if gx is None else gx[start : start + chunk]
             _stage_backward(xc, sp, g_waist[:n], kinds[0], gxc, gsp, scratch)
-        return gx, gsp, gsq, None, None, None
+        gbias = gy.sum(0) if has_bias and need_bias else None  # (·, ·): the bias's per-row layout
+        return gx, gsp, gsq, gbias, None, None, None
 
 
-def two_stage_linear(xt: Tensor, factors: Sequence[Tensor], plan: TwoStage) -> Tensor:
-    """``x Wᵀ`` by the two products of ``plan``, for ``xt`` of shape ``(B, *in_shape)``; returns ``(B, *out_shape)``."""
+def _bias_in_stage_layout(bias: Tensor, plan: TwoStage) -> Tensor:
+    """``bias`` ``(prod(out_shape),)`` in the per-row layout of the second stage's output (before ``y_perm``)."""
+    to_out = tuple(p - 1 for p in plan.y_perm[1:])  # output mode j is stage-2 mode to_out[j]
+    if not _is_identity(to_out):
+        bias = bias.reshape([plan.y_modes[k] for k in to_out]).permute([to_out.index(k) for k in range(len(to_out))])
+    return bias.reshape(_stage_shape(plan.kinds[1], plan.dims[2], plan.dims[3], plan.matrices[1]))
+
+
+def two_stage_linear(xt: Tensor, factors: Sequence[Tensor], plan: TwoStage, bias: Tensor | None = None) -> Tensor:
+    """``x Wᵀ (+ bias)`` by the two products of ``plan``, for ``xt`` ``(B, *in_shape)``; returns ``(B, *out_shape)``.
+
+    ``bias`` (``(prod(out_shape),)`` or ``None``) is added by the second product (:func:`_stage`).
+    """
     batch = xt.shape[0]
     # the super-factors are small; contiguous so that every matrix product runs on BLAS directly
     sp = run_steps(plan.p_steps, [factors[f] for f in plan.p_factors]).reshape(plan.matrices[0]).contiguous()
@@ -129,11 +160,13 @@ def two_stage_linear(xt: Tensor, factors: Sequence[Tensor], plan: TwoStage) -> T
     chunk = plan.chunk_rows if xt.device.type == "cpu" else batch  # one pass on GPUs: no cache to fit
     dims, kinds = plan.dims, plan.kinds
     xm = xm.reshape(batch, dims[0], dims[1])
+    by = None if bias is None else _bias_in_stage_layout(bias, plan)  # (·, ·)
     if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
         # graph export (ONNX, torch.export) or torch.func transforms (vmap over an ensemble's
         # particles): the same two products, without chunks or in-place buffers
         y = _stage(_stage(xm, sp, kinds[0]).reshape(batch, dims[2], dims[3]), sq, kinds[1])  # (B, ·, ·)
+        y = y if by is None else y + by
     else:
-        y = _TwoStageProduct.apply(xm, sp, sq, kinds, dims, chunk)  # (B, ·, ·)
+        y = _TwoStageProduct.apply(xm, sp, sq, by, kinds, dims, chunk)  # (B, ·, ·)
     y = y.reshape(batch, *plan.y_modes)
     return y if _is_identity(plan.y_perm) else y.permute(plan.y_perm)  # (B, m_1, ..., m_d)

@@ -180,6 +180,10 @@ class TensorizedLinear(TensorizedModule):
         n_pad = math.prod(self.in_shape) - self.in_features
         if n_pad:
             x2 = F.pad(x2, (0, n_pad))  # (B, N) with zero columns that meet never-used weights
+        bias = None if self.bias is None else self.bias.to(dtype)
+        m_pad = math.prod(self.out_shape) - self.out_features
+        if bias is not None and m_pad:
+            bias = F.pad(bias, (0, m_pad))  # (M,): zeros on the output rows that are cut off below
         y = factorized_linear(
             x2,
             self.format,
@@ -188,11 +192,10 @@ class TensorizedLinear(TensorizedModule):
             self.in_shape,
             tuple(self.weight.ranks),
             self.strategy,
-        )  # (B, M)
-        if y.shape[-1] != self.out_features:
+            bias,
+        )  # (B, M), the bias added within the last product
+        if m_pad:
             y = y[:, : self.out_features]
-        if self.bias is not None:
-            y = y + self.bias.to(dtype)
         return y.reshape(*lead, self.out_features)
 
     def dense_params(self) -> int:  # noqa: D102
