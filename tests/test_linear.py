@@ -152,6 +152,12 @@ def test_bad_inputs_raise_clear_errors():
     meta = bt.TensorizedLinear(8, 4, format="tt", max_rank=2, device="meta")
     with pytest.raises(ValueError, match="input is on cpu but the layer is on meta"):
         meta(torch.randn(3, 8))
+    factors, ranks = list(layer.weight.factors), tuple(layer.weight.ranks)
+    shapes = (layer.out_shape, layer.in_shape)
+    with pytest.raises(
+        ValueError, match=r"bias must have shape \(4,\), the product of out_shape=\(1, 2, 2\); got \(3,\)"
+    ):
+        bt.functional.factorized_linear(torch.randn(3, 8), "tt", factors, *shapes, ranks, bias=torch.ones(3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

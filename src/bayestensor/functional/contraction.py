@@ -55,6 +55,11 @@ def factorized_linear(
         ``(B, M)`` with ``M = prod(out_shape)``.
     """
     batch = x.shape[0]
+    if bias is not None and tuple(bias.shape) != (math.prod(out_shape),):
+        raise ValueError(
+            f"bias must have shape ({math.prod(out_shape)},), the product of out_shape={tuple(out_shape)}; "
+            f"got {tuple(bias.shape)}"
+        )
     chosen, payload = linear_plan_constant(fmt, out_shape, in_shape, ranks, int(batch), strategy)
     if chosen == "reconstruct":
         weight = reconstruct_matrix(fmt, factors, out_shape, in_shape, ranks)  # (M, N)
