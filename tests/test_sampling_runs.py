@@ -18,7 +18,7 @@ from bayestensor.cli.main import main
 from bayestensor.data import load_digits_ood, load_fashion_mnist
 from bayestensor.experiments.checkpoint import load_checkpoint
 from bayestensor.experiments.models import SAMPLERS
-from bayestensor.experiments.posterior import SamplerPhase
+from bayestensor.experiments.posterior import SamplerPhase, vectorize
 from bayestensor.experiments.registry import default_config, get_experiment
 from bayestensor.experiments.trainer import KILL_ENV, KILL_STATUS
 from bayestensor.inference import ood_auroc, predictive_entropy
@@ -51,7 +51,7 @@ def test_sampler_run_writes_a_posterior_that_predicts_what_the_report_says(metho
     assert size == report["predictive_samples"] == (3 if method == "svgd" else 9)
     posterior = bt.Ensemble.clone(first, size)
     posterior.load_state_dict(state)
-    posterior.vectorize = False  # as the run's execution "auto" on CPU: the same summation order
+    posterior.vectorize = vectorize("auto", first)  # as the run's execution "auto": the same summation order
     test = load_fashion_mnist(data).test
     x, y = test.images[:64], test.labels[:64]  # --smoke keeps the first 64 test images
     probs, _ = bt.predict(posterior.eval(), x, transform=lambda z: z.softmax(-1))
