@@ -135,7 +135,7 @@ class Ensemble(nn.Module):
         The stacked parameters, ``(P, *shape)`` each, named like the model's with ``/`` for ``.``.
     vectorize
         ``True`` (default): all particles in one ``vmap(functional_call)``. ``False``: a loop of
-        ``functional_call`` over the same stacked tensors, with the same results. On CPU
+        ``functional_call`` over the same stacked tensors, with the same results up to rounding. On CPU
         (``benchmarks/svgd_step.py``) ``vmap`` was 2.6x faster for a small FC net, the loop 1.2x
         faster for a larger one and 2.6x faster for a CNN, where ``vmap`` turns each convolution into
         a grouped one over strided memory.
