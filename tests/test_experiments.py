@@ -148,15 +148,20 @@ def test_the_training_clock_leaves_out_what_it_scores_and_starts_from_a_resumed_
     assert 1.7 <= clock.scoring_seconds < 2.2
 
 
-def test_a_runs_test_set_scoring_is_not_training_time(tmp_path, monkeypatch):
-    slow = 1.0
+def _slowed_epoch_metrics(seconds: float):
+    """``ClassificationTask.epoch_metrics`` that first sleeps ``seconds``: scoring that takes a known time."""
     scored = ClassificationTask.epoch_metrics
 
     def slow_metrics(self, model):
-        time.sleep(slow)
+        time.sleep(seconds)
         return scored(self, model)
 
-    monkeypatch.setattr(ClassificationTask, "epoch_metrics", slow_metrics)
+    return slow_metrics
+
+
+def test_a_runs_test_set_scoring_is_not_training_time(tmp_path, monkeypatch):
+    slow = 1.0
+    monkeypatch.setattr(ClassificationTask, "epoch_metrics", _slowed_epoch_metrics(slow))
     assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path), "--epochs", "2"]) == 0
     (run_dir,) = tmp_path.iterdir()
     report = json.loads((run_dir / "report.json").read_text())
@@ -175,18 +180,13 @@ class _Killed(Exception):
 def test_a_resumed_run_goes_on_from_both_clocks_of_its_checkpoint(tmp_path, monkeypatch):
     """Killed after epoch 2 of 3 (its scoring slowed by 1 s a call), resumed with fast scoring."""
     slow = 1.0
-    scored = ClassificationTask.epoch_metrics
-
-    def slow_metrics(self, model):
-        time.sleep(slow)
-        return scored(self, model)
 
     def kill(status):
         raise _Killed(status)
 
     args = ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--epochs", "3"]
     with monkeypatch.context() as m:
-        m.setattr(ClassificationTask, "epoch_metrics", slow_metrics)
+        m.setattr(ClassificationTask, "epoch_metrics", _slowed_epoch_metrics(slow))
         m.setattr(os, "_exit", kill)  # the trainer's hard kill, raised instead of ending pytest
         m.setenv(KILL_ENV, "2")
         with pytest.raises(_Killed):
