@@ -1,6 +1,7 @@
 """A/B of the planned contractions: this checkout's ``bayestensor.functional`` against a git revision's.
 
 Run:  python benchmarks/linear_ab.py [--base REV] [--rounds 25] [--batch 256] [--no-input-grad] [--bias]
+      [--only SUBSTRING ...]
 
 Both versions run side by side in one process on the same factors: the revision's
 ``src/bayestensor/functional/`` is extracted with ``git archive`` and imported as a separate
@@ -18,7 +19,9 @@ all fwd+bwd of 1024 × 1024 with ``in_shape = out_shape = (4, 4, 8, 8)`` at batc
 * a copy of a TTM-weight-sized tensor into ``(out, in)`` layout from the interleaved ``(m_k, n_k)``
   layout and from the grouped one.
 
-Ratios are medians over rounds of each case's time over the reference's in the same round.
+Ratios are medians over rounds of each case's time over the reference's in the same round; the
+``factorized_linear`` table also gives each case's time over the base revision's directly.
+``--only`` keeps the cases whose name (``"tt r=16"``) contains one of the given substrings.
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--no-input-grad", action="store_true", help="x needs no gradient (a first layer)")
     parser.add_argument("--bias", action="store_true", help="every layer with a bias (nn.Linear's too)")
+    parser.add_argument("--only", nargs="+", default=None, help="cases whose name contains one of these")
     args = parser.parse_args()
+    cases = [(f, r) for f, r in CASES if args.only is None or any(o in f"{f} r={r}" for o in args.only)]
     torch.manual_seed(0)
     base = load_revision(args.base)
     x = torch.randn(args.batch, 1024, requires_grad=not args.no_input_grad)
@@ -100,7 +105,7 @@ def main() -> None:
     grad_w = torch.randn(1024, 1024)
     linear = {"nn.Linear": lambda: dense(x).sum().backward()}
     recon = {}
-    for fmt, rank in CASES:
+    for fmt, rank in cases:
         layer = bt.TensorizedLinear(1024, 1024, format=fmt, max_rank=rank, in_shape=SHAPE, out_shape=SHAPE)
         ranks, factors = tuple(layer.weight.ranks), list(layer.weight.factors)
         for tag, mod in ((args.base, base), ("this checkout", current)):
@@ -110,12 +115,18 @@ def main() -> None:
             recon[f"{fmt} r={rank} {tag}"] = lambda mod=mod, f=factors, fmt=fmt, r=ranks: mod.reconstruct_matrix(
                 fmt, f, SHAPE, SHAPE, r
             ).backward(grad_w)
-    lin = paired_ratios(interleaved_samples(linear, rounds=args.rounds, inner=2), "nn.Linear")
-    rows = [[k, f"{v:.3f}x"] for k, v in lin.items()]
-    print_table("factorized_linear fwd+bwd, time / nn.Linear", ["case", "ratio"], rows)
+    samples = interleaved_samples(linear, rounds=args.rounds, inner=2)
+    lin = paired_ratios(samples, "nn.Linear")
+    rows = []
+    for k, v in lin.items():
+        ab = ""
+        if k.endswith(" this checkout"):
+            ab = f"{paired_ratios(samples, k[: -len('this checkout')] + args.base)[k]:.3f}x"
+        rows.append([k, f"{v:.3f}x", ab])
+    print_table("factorized_linear fwd+bwd", ["case", "time / nn.Linear", f"time / {args.base}'s"], rows)
     rec = interleaved_samples(recon, rounds=args.rounds, inner=2)
     rows = []
-    for fmt, rank in CASES:
+    for fmt, rank in cases:
         old_key, new_key = f"{fmt} r={rank} {args.base}", f"{fmt} r={rank} this checkout"
         rows.append([f"{fmt} r={rank}", f"{paired_ratios(rec, old_key)[new_key]:.3f}x"])
     print_table(f"reconstruct_matrix fwd+bwd, this checkout / {args.base}", ["case", "ratio"], rows)

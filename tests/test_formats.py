@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bayestensor as bt
+from _copies import CopyCount
 from _oracle import ORACLES, tensorly_full
 from bayestensor.formats import TensorFormat, get_format
 from bayestensor.functional import plan_contraction, reconstruct_matrix, run_steps, squared_norm
@@ -240,14 +241,17 @@ PAIRS = [
     ("aj,cj->acj", "Product"),
     ("acj,dj->jdca", "Product"),
     ("ab,cd->dcba", "Product"),
+    ("kla,kmb->lbam", "Gemm"),  # groups stored in orders other than the result's
+    ("jkla,jmk->jmal", "Gemm"),
     ("aab,bc->ac", None),  # a diagonal
     ("ab,bc->c", None),  # a summed out on its own
 ]
 
 
+@pytest.mark.parametrize("operand_order", [False, True])
 @pytest.mark.parametrize("eq,kind", PAIRS)
-def test_pairwise_step_runs_as_its_gemm_or_product_and_equals_einsum(eq, kind):
-    step = gemm_of(eq)
+def test_pairwise_step_runs_as_its_gemm_or_product_and_equals_einsum(eq, kind, operand_order):
+    step = gemm_of(eq, operand_order)
     assert (type(step).__name__ if step is not None else None) == kind
     if step is None:
         return
@@ -259,14 +263,57 @@ def test_pairwise_step_runs_as_its_gemm_or_product_and_equals_einsum(eq, kind):
     torch.autograd.gradcheck(lambda a, b: run_gemm(step, a, b), (a, b))
 
 
+@pytest.mark.parametrize("chain_order", [False, True])
 @pytest.mark.parametrize("terms,output,sizes", PLANS)
-def test_planned_contraction_equals_einsum_in_value_and_gradient(terms, output, sizes):
+def test_planned_contraction_equals_einsum_in_value_and_gradient(terms, output, sizes, chain_order):
     torch.manual_seed(0)
     ops = [torch.randn([sizes[c] for c in t], dtype=torch.float64, requires_grad=True) for t in terms]
-    steps, _, _ = plan_contraction(terms, output, sizes)
+    rows = len(output) // 2 if chain_order else 0
+    steps, _, _ = plan_contraction(terms, output, sizes, chain_order=chain_order, matrix_rows=rows)
     lone = [c for c in sizes if sizes[c] == 1 and c not in output and sum(c in t for t in terms) == 1]
     if any(c in t and set(t) - set(lone) for c in lone for t in terms):  # squeezed, not summed on its own
         assert len(steps) == len(terms) - 1
     expected = torch.einsum(",".join(terms) + "->" + output, *ops)
     torch.testing.assert_close(run_steps(steps, ops), expected, rtol=1e-12, atol=1e-12)
     torch.autograd.gradcheck(lambda *xs: run_steps(steps, xs), ops)
+
+
+@pytest.mark.parametrize("name", bt.available_formats())
+def test_chain_ordered_networks_equal_einsum_in_value_and_gradient(name):
+    """Every format's network contracted in chain order (as two-stage super-factors are) equals einsum."""
+    from bayestensor.functional.planning import linear_terms
+
+    fmt = get_format(name)
+    out_s, in_s = (2, 3, 2), (3, 2, 2)
+    network = fmt.network(out_s, in_s, fmt.resolve_ranks(3, out_s, in_s))
+    sym, terms, _, out_modes, in_modes = linear_terms(network)
+    sizes = {sym[k]: v for k, v in network.sizes.items()}
+    torch.manual_seed(0)
+    ops = [torch.randn([sizes[c] for c in t], dtype=torch.float64, requires_grad=True) for t in terms]
+    out = out_modes + in_modes
+    steps, _, _ = plan_contraction(terms, out, sizes, chain_order=True, matrix_rows=len(out_modes))
+    expected = torch.einsum(",".join(terms) + "->" + out, *ops)
+    torch.testing.assert_close(run_steps(steps, ops), expected, rtol=1e-12, atol=1e-12)
+    torch.autograd.gradcheck(lambda *xs: run_steps(steps, xs), ops)
+
+
+def test_a_chain_ordered_tt_chain_copies_nothing_forward_or_backward():
+    """TT cores ``(r, n, r')`` (the last with its boundary rank of 1) into an ``(n_1..n_4, r_0)`` matrix.
+
+    In chain order every step reads its operands in place and the product lays the result out as
+    the matrix transposed, so neither the contraction nor its backward copies anything.
+    """
+    terms, output = ["odp", "peq", "qfr", "rgz"], "defgo"
+    sizes = {"o": 3, "d": 2, "e": 3, "f": 2, "g": 3, "p": 4, "q": 3, "r": 2, "z": 1}
+    torch.manual_seed(0)
+    ops = [torch.randn([sizes[c] for c in t], dtype=torch.float64, requires_grad=True) for t in terms]
+    expected = torch.einsum(",".join(terms) + "->" + output, *ops).reshape(36, 3)
+    copies = {}
+    for chain_order in (False, True):
+        steps, _, _ = plan_contraction(terms, output, sizes, chain_order=chain_order, matrix_rows=4)
+        with CopyCount() as count:
+            m = run_steps(steps, ops).reshape(36, 3)  # (n_1..n_4, r_0)
+            m.backward(torch.randn(3, 36, dtype=torch.float64).T)  # a gradient laid out as m
+        copies[chain_order] = count.copies
+        torch.testing.assert_close(m, expected, rtol=1e-12, atol=1e-12)
+    assert copies[True] == 0 < copies[False]

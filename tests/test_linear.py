@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayestensor as bt
+from _copies import CopyCount
 from bayestensor.functional import linear_plan, plan_contraction, run_steps
 from bayestensor.functional.planning import BATCH, MOVE_FLOPS, linear_terms
 from bayestensor.layers.linear import STRATEGIES
@@ -254,6 +255,25 @@ def test_two_stage_chunks_take_non_contiguous_output_gradients(
     assert not g.is_contiguous()
     x = torch.randn(5, math.prod(in_s), dtype=torch.float64, requires_grad=True)
     _check_grads_against_dense(layer, x, lambda y: y.backward(g))
+
+
+@pytest.mark.parametrize("in_s,rank,batch", [((2, 2, 4, 4), 4, 8), ((4, 4, 8, 8), 16, 256)])
+def test_tt_two_stage_copies_nothing_forward_or_backward(in_s, rank, batch):
+    """Both TT super-factors come out of their chain-ordered contractions as their stages' matrices
+    (transposed), which the stages read in place: the whole fwd+bwd with a bias copies nothing."""
+    n = math.prod(in_s)
+    layer = make("tt", (n, n, in_s, in_s), "two_stage", rank=rank)
+    torch.nn.init.normal_(layer.bias)
+    split = linear_plan("tt", in_s, in_s, tuple(layer.weight.ranks), batch).two_stage
+    factors = list(layer.weight.factors)
+    supers = ((split.p_steps, split.p_factors, split.matrices[0]), (split.q_steps, split.q_factors, split.matrices[1]))
+    for steps, group, shape in supers:
+        assert run_steps(steps, [factors[f] for f in group]).reshape(shape).T.is_contiguous()
+    x = torch.randn(batch, n, dtype=torch.float64, requires_grad=True)
+    with CopyCount() as count:
+        layer(x).backward(torch.randn(batch, n, dtype=torch.float64))
+    assert count.copies == 0
+    _check_against_dense(layer, x)
 
 
 def test_ttm_two_stage_moves_no_data_at_the_benchmark_shape():

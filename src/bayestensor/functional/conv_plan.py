@@ -193,9 +193,14 @@ def conv_plan_constant(
         sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
         sizes = {sym[k]: v for k, v in network.sizes.items()}
         terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
-        p_steps = plan_contraction([terms[f] for f in split.p], split.p_term, sizes)[0] if split.p else ()
-        q_steps = plan_contraction([terms[f] for f in split.q], split.q_term, sizes)[0] if split.q else ()
-        s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes)[0]
+        # each super-factor planned so that its steps read their operands in place (chain_order)
+        p_steps = (
+            plan_contraction([terms[f] for f in split.p], split.p_term, sizes, chain_order=True)[0] if split.p else ()
+        )
+        q_steps = (
+            plan_contraction([terms[f] for f in split.q], split.q_term, sizes, chain_order=True)[0] if split.q else ()
+        )
+        s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes, chain_order=True)[0]
         steps = (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3)
         result = ("factorized", ConvSteps(*steps, split.sizes, split.v_modes))
     return remember(_CONV_CONSTANTS, key, result)

@@ -126,7 +126,8 @@ def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: l
     """Everything one variant fixes, from its stage kinds (see :class:`TwoStage`).
 
     Returns the stage-1 input mode order, the index orders of ``S_P`` and ``S_Q``, the stage-2
-    output mode order, ``dims = (R1, C1, R2, C2)`` and both super-factors' matrix shapes.
+    output mode order, ``dims = (R1, C1, R2, C2)``, both super-factors' matrix shapes and how
+    many of each super-factor's indices index its matrix's rows.
     """
     if kinds == ("gemm", "gemm"):
         orders = (x2 + x1, x1 + o1 + k, x2 + k + o2, o1 + o2)
@@ -138,7 +139,7 @@ def _two_stage_layout(kinds: tuple[str, str], x1: list, x2: list, o1: list, k: l
         orders = (x1 + x2, o1 + k + x1, k + x2 + o2, o1 + o2)
         dims, matrices = (x1, x2, o1, k + x2), ((o1 + k, x1), (k + x2, o2))
     shapes = tuple(tuple(size(m) for m in pair) for pair in matrices)
-    return (*orders, tuple(size(d) for d in dims), shapes)
+    return (*orders, tuple(size(d) for d in dims), shapes, tuple(len(pair[0]) for pair in matrices))
 
 
 def _best_two_stage(
@@ -166,18 +167,23 @@ def _best_two_stage(
         stage2 = 2.0 * batch * size(o1 + x2 + k + o2)
         variants = [("gemm", "gemm")] if not x2 or not o1 else [("gemm", "bmm"), ("bmm", "gemm")]
         for kinds in variants:
-            x_order, sp, sq, y_order, dims, matrices = _two_stage_layout(kinds, x1, x2, o1, k, o2, size)
+            x_order, sp, sq, y_order, dims, matrices, rows = _two_stage_layout(kinds, x1, x2, o1, k, o2, size)
             pen1, pen2 = (BMM_PENALTY if kd == "bmm" else 1.0 for kd in kinds)
             # backward = 2x forward; recomputing the waist in backward adds one more stage-1 product
             cost = pre + pen1 * stage1 * 4.0 / 3.0 + pen2 * stage2
             cost += MOVE_FLOPS * ((n_x if x_order != ins else 0) + (n_y if y_order != outs else 0))
             if best is None or cost < best[0]:
-                best = (cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices)
+                best = (cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices, rows)
     if best is None:
         return None
-    cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices = best
-    p_steps, p_flops, _ = plan_contraction([terms[f] for f in p], "".join(sp), sizes)
-    q_steps, q_flops, _ = plan_contraction([terms[f] for f in q], "".join(sq), sizes)
+    cost, p, q, kinds, x_order, sp, sq, y_order, dims, matrices, rows = best
+    # planned so that every step reads its operands in place (plan_contraction's chain_order)
+    p_steps, p_flops, _ = plan_contraction(
+        [terms[f] for f in p], "".join(sp), sizes, chain_order=True, matrix_rows=rows[0]
+    )
+    q_steps, q_flops, _ = plan_contraction(
+        [terms[f] for f in q], "".join(sq), sizes, chain_order=True, matrix_rows=rows[1]
+    )
     cost += p_flops + q_flops - 2.0 * (size(sp) * len(p) + size(sq) * len(q))
     stage = TwoStage(
         p,

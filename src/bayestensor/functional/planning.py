@@ -49,7 +49,9 @@ class Gemm(NamedTuple):
     """A pairwise step as one matrix product: ``A`` permuted to ``(batch, left, k)``, ``B`` to ``(batch, k, right)``.
 
     ``nb``, ``nl`` and ``nk`` count the batch, left and contracted indices; ``out_perm`` takes
-    ``(batch, left, right)`` to the step's result order (``None``: already in it).
+    ``(batch, left, right)`` to the step's result order (``None``: already in it). The permuted
+    operands reshape to matrices as views when each group's indices are stored in order, whatever
+    the order of the groups (``A`` stored ``(k, left)`` is read transposed, in place).
     """
 
     perm_a: tuple[int, ...]
@@ -91,12 +93,15 @@ class Step(NamedTuple):
 Steps = tuple[Step, ...]
 
 
-def gemm_of(eq: str) -> Gemm | Product | None:
+def gemm_of(eq: str, operand_order: bool = False) -> Gemm | Product | None:
     """The :class:`Gemm` of a two-operand einsum ``eq``, its :class:`Product` when it contracts no index, or ``None``.
 
     ``None``: an index repeated within an operand (a diagonal) or one that only one operand has and
     the result drops (a sum of its own). The batch, left and right indices are taken in the
-    result's order, as ``torch.einsum`` does, so the product lays its result out as einsum would.
+    result's order, as ``torch.einsum`` does, so the product lays its result out as einsum would;
+    with ``operand_order``, the left and right indices are taken in their operand's order instead,
+    so that each operand, stored in groups, enters the product as a view and only the result is
+    permuted.
     A step that contracts nothing (CP's Khatri–Rao products, where the rank index is a batch index
     of thousands of tiny matrices) is a broadcast multiply, not a ``bmm`` with an inner size of 1.
     """
@@ -111,8 +116,8 @@ def gemm_of(eq: str) -> Gemm | Product | None:
         return None
     batch = [c for c in result if c in a and c in b]
     contracted = [c for c in a if c in b and c not in result]
-    left = [c for c in result if c in a and c not in b]
-    right = [c for c in result if c in b and c not in a]
+    left = [c for c in (a if operand_order else result) if c in result and c not in b]
+    right = [c for c in (b if operand_order else result) if c in result and c not in a]
     if not contracted:
         return Product(
             perm_a=tuple(a.index(c) for c in result if c in a),
@@ -166,8 +171,25 @@ def index_symbols(names: Sequence[str], reserved: str = BATCH) -> dict[str, str]
     return dict(zip(sorted(names), letters, strict=False))
 
 
+def _breaks(step: Gemm | Product | None, rows: int) -> int:
+    """Breaks in memory order within the row and the column group of ``step``'s result as its product lays it out.
+
+    ``0``: the result reshapes to its ``(rows, cols)`` matrix as a view, plain or transposed.
+    """
+    if not isinstance(step, Gemm) or step.out_perm is None:
+        return 0
+    pos = step.out_perm  # output index j lies at position pos[j] of the product's layout
+    return sum(pos[j + 1] != pos[j] + 1 for j in range(len(pos) - 1) if j + 1 != rows)
+
+
 def plan_contraction(
-    inputs: Sequence[str], output: str, sizes: dict[str, int], *, streamed: bool = False
+    inputs: Sequence[str],
+    output: str,
+    sizes: dict[str, int],
+    *,
+    streamed: bool = False,
+    chain_order: bool = False,
+    matrix_rows: int = 0,
 ) -> tuple[Steps, float, list[tuple[str, ...]]]:
     """Plan an einsum with opt_einsum's ``dp`` optimiser (seeded random-greedy trials beyond :data:`DP_MAX_TERMS`).
 
@@ -186,6 +208,20 @@ def plan_contraction(
     thus stay grouped as in the result, so the final permute into the output layout moves a few
     long contiguous runs instead of interleaved ``(m_k, n_k)`` pairs, 4-5x faster for a 1024 × 1024
     TTM weight (``benchmarks/linear_ab.py``).
+
+    With ``chain_order`` every intermediate instead keeps its shared (batch) indices first and then
+    the others in their order of first appearance in ``inputs``, and the operand holding the first
+    of those goes left; each step's left and right indices keep their operand's order
+    (:func:`gemm_of`'s ``operand_order``). Along a chain (TT, TTM) each operand is then already
+    stored as its product reads it, plain or transposed, and the product writes the next
+    intermediate in its own order: no step copies, forward or backward. The last step's operands
+    are ordered so that ``output``, read as a matrix of its first ``matrix_rows`` indices against
+    the rest, is a view of the product, plain or transposed, where one order allows it. That
+    suits small networks of factors whose result is used as a matrix: a two-stage product's
+    super-factors, which the layer's own products then read in place (``two_stage``). There the
+    per-step copies cost more than the products: planned so, a TT rank-16 layer of 1024 × 1024
+    copies nothing in its fwd+bwd (16 copies before) and took 0.74× the time, 0.83× without the
+    input's gradient (``benchmarks/linear_ab.py``).
 
     Returns the pairwise steps (the positions of the step's operands in the current operand
     list, in argument order, the step's equation and the size-1 dims squeezed out of each operand
@@ -222,22 +258,42 @@ def plan_contraction(
     finally:
         random.setstate(held)
     rank = {c: k for k, c in enumerate(dict.fromkeys(output + "".join(inputs)))}
+    appearance = {c: k for k, c in enumerate(dict.fromkeys("".join(inputs)))}
     current, steps, terms = list(inputs), [], []
     for k, contraction in enumerate(info.contraction_list):
         inds = tuple(contraction[0])
         popped = [current.pop(i) for i in inds]
-        if k == len(info.contraction_list) - 1:
+        last = k == len(info.contraction_list) - 1
+        keep = set(output).union(*current)
+        kept = {c for t in popped for c in t if c in keep}
+        shared = {c for c in kept if all(c in t for t in popped)}
+        # a chain_order product (it contracts an index): its batch indices lead (bmm), then first appearance
+        reorder = chain_order and not last and len(popped) == 2 and any(c in popped[1] for c in set(popped[0]) - kept)
+        if last:
             result = output
+        elif reorder:
+            result = "".join(sorted(kept, key=lambda c: (c not in shared, appearance[c])))
         else:
-            keep = set(output).union(*current)
-            result = "".join(sorted({c for t in popped for c in t if c in keep}, key=rank.__getitem__))
-        if len(popped) == 2 and result and result[-1] in popped[0] and result[-1] not in popped[1]:
+            result = "".join(sorted(kept, key=rank.__getitem__))
+        own = [c for c in result if c not in shared]
+        if reorder and own and own[0] in popped[1]:  # the operand holding the first unshared index goes left
+            inds, popped = inds[::-1], popped[::-1]
+        elif chain_order and last and len(popped) == 2:
+            # the operand order whose product lays ``output`` out as its (matrix_rows, ·) matrix, plain
+            # or transposed, if either does: the caller then reads it in place
+            breaks = [
+                _breaks(gemm_of(",".join(map(strip, pair)) + "->" + result, True), matrix_rows)
+                for pair in (popped, popped[::-1])
+            ]
+            if breaks[1] < breaks[0]:
+                inds, popped = inds[::-1], popped[::-1]
+        elif not reorder and len(popped) == 2 and result and result[-1] in popped[0] and result[-1] not in popped[1]:
             # the operand carrying the innermost result index goes right, so that torch.einsum's
             # GEMM writes that index contiguously and the final permute keeps it innermost
             inds, popped = inds[::-1], popped[::-1]
         squeeze = tuple(tuple(i for i, c in enumerate(t) if c in lone) for t in popped)
         step_eq = ",".join(map(strip, popped)) + "->" + result
-        steps.append(Step(inds, step_eq, squeeze, gemm_of(step_eq)))
+        steps.append(Step(inds, step_eq, squeeze, gemm_of(step_eq, operand_order=chain_order)))
         terms.append(tuple(popped))
         current.append(result)
     return tuple(steps), float(info.opt_cost), terms

@@ -140,6 +140,19 @@ class _TwoStageProduct(torch.autograd.Function):
         return gx, gsp, gsq, gbias, None, None, None
 
 
+def _as_matrix(t: Tensor, shape: tuple[int, int], kind: str, traced: bool) -> Tensor:
+    """A super-factor as its stage's ``shape`` matrix, read in place where BLAS can, else a contiguous copy.
+
+    A ``gemm`` stage reads a transposed matrix in place (its planner lays super-factors out so,
+    :func:`~.planning.plan_contraction`'s ``chain_order``); a ``bmm`` stage, a traced graph or a
+    ``torch.func`` transform gets a contiguous one.
+    """
+    m = t.reshape(shape)
+    if m.is_contiguous() or (kind == "gemm" and not traced and m.T.is_contiguous()):
+        return m
+    return m.contiguous()
+
+
 def _bias_in_stage_layout(bias: Tensor, plan: TwoStage) -> Tensor:
     """``bias`` ``(prod(out_shape),)`` in the per-row layout of the second stage's output (before ``y_perm``)."""
     to_out = tuple(p - 1 for p in plan.y_perm[1:])  # output mode j is stage-2 mode to_out[j]
@@ -154,15 +167,15 @@ def two_stage_linear(xt: Tensor, factors: Sequence[Tensor], plan: TwoStage, bias
     ``bias`` (``(prod(out_shape),)`` or ``None``) is added by the second product (:func:`_stage`).
     """
     batch = xt.shape[0]
-    # the super-factors are small; contiguous so that every matrix product runs on BLAS directly
-    sp = run_steps(plan.p_steps, [factors[f] for f in plan.p_factors]).reshape(plan.matrices[0]).contiguous()
-    sq = run_steps(plan.q_steps, [factors[f] for f in plan.q_factors]).reshape(plan.matrices[1]).contiguous()
+    dims, kinds = plan.dims, plan.kinds
+    traced = torch.jit.is_tracing() or torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active()
+    sp = _as_matrix(run_steps(plan.p_steps, [factors[f] for f in plan.p_factors]), plan.matrices[0], kinds[0], traced)
+    sq = _as_matrix(run_steps(plan.q_steps, [factors[f] for f in plan.q_factors]), plan.matrices[1], kinds[1], traced)
     xm = xt if _is_identity(plan.x_perm) else xt.permute(plan.x_perm)  # (B, stage-1 mode order)
     chunk = plan.chunk_rows if xt.device.type == "cpu" else batch  # one pass on GPUs: no cache to fit
-    dims, kinds = plan.dims, plan.kinds
     xm = xm.reshape(batch, dims[0], dims[1])
     by = None if bias is None else _bias_in_stage_layout(bias, plan)  # (·, ·)
-    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+    if traced:
         # graph export (ONNX, torch.export) or torch.func transforms (vmap over an ensemble's
         # particles): the same two products, without chunks or in-place buffers
         y = _stage(_stage(xm, sp, kinds[0]).reshape(batch, dims[2], dims[3]), sq, kinds[1])  # (B, ·, ·)
