@@ -317,3 +317,10 @@ def test_a_chain_ordered_tt_chain_copies_nothing_forward_or_backward():
         copies[chain_order] = count.copies
         torch.testing.assert_close(m, expected, rtol=1e-12, atol=1e-12)
     assert copies[True] == 0 < copies[False]
+
+
+@pytest.mark.parametrize("rows", [-1, 6])
+def test_matrix_rows_outside_the_output_is_rejected(rows):
+    expected = rf"matrix_rows must be between 0 and the 5 indices of output 'defgo'; got {rows}"
+    with pytest.raises(ValueError, match=expected):
+        plan_contraction(["odp", "pefg"], "defgo", dict.fromkeys("odpefg", 2), chain_order=True, matrix_rows=rows)

@@ -227,6 +227,10 @@ def plan_contraction(
     list, in argument order, the step's equation and the size-1 dims squeezed out of each operand
     first; see :func:`run_steps`), the planned FLOP count, and the input terms of every step.
     """
+    if not 0 <= matrix_rows <= len(output):
+        raise ValueError(
+            f"matrix_rows must be between 0 and the {len(output)} indices of output {output!r}; got {matrix_rows}"
+        )
     if len(inputs) == 1:
         step = Step((0,), f"{inputs[0]}->{output}", ((),), None)
         return (step,), float(math.prod(sizes[c] for c in inputs[0])), [(inputs[0],)]
