@@ -10,7 +10,7 @@ from _copies import CopyCount
 from _oracle import ORACLES, tensorly_full
 from bayestensor.formats import TensorFormat, get_format
 from bayestensor.functional import plan_contraction, reconstruct_matrix, run_steps, squared_norm
-from bayestensor.functional.planning import gemm_of, run_gemm
+from bayestensor.functional.planning import gemm_of, linear_terms, run_gemm
 from bayestensor.functional.reconstruction import reconstruction
 from bayestensor.tensors import POSTERIORS
 from bayestensor.tensors.posteriors import SVI_INIT_SCALE
@@ -281,8 +281,6 @@ def test_planned_contraction_equals_einsum_in_value_and_gradient(terms, output, 
 @pytest.mark.parametrize("name", bt.available_formats())
 def test_chain_ordered_networks_equal_einsum_in_value_and_gradient(name):
     """Every format's network contracted in chain order (as two-stage super-factors are) equals einsum."""
-    from bayestensor.functional.planning import linear_terms
-
     fmt = get_format(name)
     out_s, in_s = (2, 3, 2), (3, 2, 2)
     network = fmt.network(out_s, in_s, fmt.resolve_ranks(3, out_s, in_s))

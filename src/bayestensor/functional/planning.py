@@ -49,9 +49,10 @@ class Gemm(NamedTuple):
     """A pairwise step as one matrix product: ``A`` permuted to ``(batch, left, k)``, ``B`` to ``(batch, k, right)``.
 
     ``nb``, ``nl`` and ``nk`` count the batch, left and contracted indices; ``out_perm`` takes
-    ``(batch, left, right)`` to the step's result order (``None``: already in it). The permuted
-    operands reshape to matrices as views when each group's indices are stored in order, whatever
-    the order of the groups (``A`` stored ``(k, left)`` is read transposed, in place).
+    ``(batch, left, right)`` to the step's result order (``None``: already in it). A permuted
+    operand reshapes to its matrix as a view when its batch indices lead and each other group's
+    indices are stored in order, in either order of the two groups (``A`` stored ``(k, left)`` is
+    read transposed, in place).
     """
 
     perm_a: tuple[int, ...]
