@@ -49,3 +49,16 @@ def prune_some(model):
     """
     for i, (_, t) in enumerate(bt.inference.bayesian_tensors(model)):
         t.truncate_([torch.arange(max(1, r - 1 - (i + b) % 3)) for b, r in enumerate(t.ranks)])
+
+
+#: Per layer type, a dense module whose sizes factor badly (primes), so the chosen mode shapes are zero-padded.
+PADDED = {
+    bt.TensorizedLinear: (lambda: nn.Linear(13, 7), lambda: torch.randn(5, 13)),
+    bt.TensorizedConv2d: (lambda: nn.Conv2d(13, 7, 3, padding=1), lambda: torch.randn(2, 13, 5, 5)),
+    bt.TensorizedConv1d: (lambda: nn.Conv1d(13, 7, 3), lambda: torch.randn(2, 13, 9)),
+    bt.TensorizedEmbedding: (lambda: nn.Embedding(61, 13), lambda: torch.randint(0, 61, (4, 3))),
+    bt.TensorizedMultiheadAttention: (
+        lambda: nn.MultiheadAttention(13, 1, batch_first=True),
+        lambda: torch.randn(2, 5, 13),
+    ),
+}

@@ -1,5 +1,6 @@
 """bt.save / bt.load for every layer type and for user classes, ONNX export, and the core install."""
 
+import math
 import os
 import subprocess
 import sys
@@ -182,3 +183,32 @@ def test_core_import_and_training_need_no_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "experiments extra" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _shapes(layer: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every mode shape a layer or its sub-layers describe themselves with."""
+    return {
+        f"{name}.{key}": tuple(value)
+        for name, sub in layer.named_modules()
+        if isinstance(sub, bt.tensors.TensorizedModule)
+        for key, value in sub.export_kwargs.items()
+        if key.endswith("_shape")
+    }
+
+
+@pytest.mark.parametrize("fmt", bt.available_formats())
+@pytest.mark.parametrize("layer_type", bt.LAYER_TYPES, ids=lambda t: t.__name__)
+def test_zero_padded_shapes_round_trip_through_save_and_load(layer_type, fmt, tmp_path):
+    # sizes that factor badly get padded mode shapes; the saved description hands them back to the constructor
+    from _layers import EXAMPLES, PADDED
+
+    make_dense, make_x = PADDED[layer_type]
+    call = EXAMPLES[layer_type][2]
+    dense, x = make_dense(), make_x()
+    layer = layer_type.from_dense(dense, format=fmt, max_rank=3)
+    sizes = [n for k, n in vars(dense).items() if k in ("in_features", "in_channels", "num_embeddings", "embed_dim")]
+    assert sizes and any(math.prod(s) > min(sizes) for s in _shapes(layer).values()), _shapes(layer)  # padded
+    bt.save(nn.Sequential(layer), tmp_path / "m")
+    back = bt.load(tmp_path / "m")[0]
+    assert _shapes(back) == _shapes(layer)
+    torch.testing.assert_close(call(back, x), call(layer, x))

@@ -1,7 +1,9 @@
 """Format battery: every registered format against TensorLy, counts, validators, rank groups, init."""
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +102,20 @@ def test_rank_errors_and_clipping():
         get_format("tensor-ring")
     with pytest.raises(ValueError, match="same length"):
         get_format("ttm").check_shapes((2, 2), (4,))
+
+
+@pytest.mark.parametrize("name", bt.available_formats())
+def test_integer_like_ranks_are_taken_and_anything_else_is_named(name):
+    fmt = get_format(name)
+    out_s, in_s = (3, 4, 5), (4, 3, 2)
+    n = fmt.num_bonds(out_s, in_s)
+    want = fmt.resolve_ranks(2, out_s, in_s)
+    for rank in (np.int64(2), torch.tensor(2), [np.int64(2)] * n, np.full(n, 2), torch.full((n,), 2)):
+        assert fmt.resolve_ranks(rank, out_s, in_s) == want, rank
+    # a string would iterate by character, a float be truncated: both are refused, naming the value and its type
+    for rank, shown in (("12", "'12' (str)"), (2.0, "2.0 (float)"), (True, "True (bool)"), ([2.5] * n, "(list)")):
+        with pytest.raises(ValueError, match=rf"max_rank must be an int or a sequence of ints.*{re.escape(shown)}"):
+            fmt.resolve_ranks(rank, out_s, in_s)
 
 
 def test_registry_rejects_duplicate_names():

@@ -5,7 +5,7 @@ Importing this package registers the four built-in formats; it changes no global
 
 from . import cp, tt, ttm, tucker  # noqa: F401  (registration by class definition)
 from ._base import Network, RankGroup, RankSpec, Shape, TensorFormat, available_formats, get_format
-from .shapes import balanced_factors, tensorized_shape
+from .shapes import balanced_factors, check_mode_shape, tensorized_shape
 
 __all__ = [
     "Network",
@@ -15,6 +15,7 @@ __all__ = [
     "TensorFormat",
     "available_formats",
     "balanced_factors",
+    "check_mode_shape",
     "get_format",
     "tensorized_shape",
 ]

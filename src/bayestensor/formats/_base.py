@@ -16,6 +16,7 @@ that description once, here, instead of being hand-written per format.
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,25 @@ Shape = tuple[int, ...]
 RankSpec = int | Sequence[int]
 
 _REGISTRY: dict[str, type[TensorFormat]] = {}
+
+
+def _as_rank(value: object) -> int | None:
+    """``value`` as one rank when it is integer-like (an int, a NumPy or 0-d torch integer, a SymInt), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.SymInt):
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _iterate(value: object) -> list | None:
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -172,10 +192,17 @@ class TensorFormat(ABC):
         """Turn an int or per-bond sequence into per-bond ranks, clipped to :meth:`full_ranks`."""
         self.check_shapes(out_shape, in_shape)
         n = self.num_bonds(out_shape, in_shape)
-        if isinstance(max_rank, int | torch.SymInt) and not isinstance(max_rank, bool):
-            ranks = [int(max_rank)] * n
+        uniform = _as_rank(max_rank)
+        if uniform is not None:
+            ranks = [uniform] * n
         else:
-            ranks = [int(r) for r in max_rank]
+            entries = None if isinstance(max_rank, str | bytes) else _iterate(max_rank)
+            ranks = None if entries is None else [_as_rank(r) for r in entries]
+            if ranks is None or None in ranks:
+                raise ValueError(
+                    f"max_rank must be an int or a sequence of ints (one per bond), got {max_rank!r} "
+                    f"({type(max_rank).__name__})"
+                )
             if len(ranks) != n:
                 raise ValueError(
                     f"format {self.name!r} with out_shape={tuple(out_shape)} and in_shape={tuple(in_shape)} has "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from functools import lru_cache
 
 #: A factorisation is accepted when its largest factor is at most this times ``ceil(n ** (1/k))``.
@@ -89,3 +90,31 @@ def tensorized_shape(n: int, num_modes: int) -> tuple[int, ...]:
             if _acceptable(cand, m):
                 return cand
     return _greedy_cover(n, num_modes)
+
+
+def check_mode_shape(given: object, n: int, name: str, what: str) -> tuple[int, ...]:
+    """``given`` as a tuple of mode sizes whose product covers ``n``; a ``ValueError`` naming both otherwise.
+
+    A product above ``n`` is zero-padded, as :func:`tensorized_shape`'s choices are, so a layer's
+    shapes (its ``repr``, a saved description) can always be handed back to its constructor.
+
+    Parameters
+    ----------
+    given
+        The mode sizes (positive ints).
+    n
+        The size they must cover.
+    name, what
+        The argument's name and what ``n`` is, for the message (``"in_shape"``, ``"in_features"``).
+    """
+    try:
+        shape = tuple(operator.index(s) for s in given)  # type: ignore[union-attr]
+    except TypeError:
+        shape = None
+    if not shape or any(s < 1 for s in shape) or math.prod(shape) < n:
+        got = repr(given) if shape is None else f"{shape} (product {math.prod(shape) if shape else 0})"
+        raise ValueError(
+            f"{name} must be positive ints whose product is at least {what} = {n} (a larger product is "
+            f"zero-padded), got {got}; or pass {name}=None to choose one automatically"
+        )
+    return shape

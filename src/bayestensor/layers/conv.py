@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..formats import RankSpec, get_format, tensorized_shape
+from ..formats import RankSpec, check_mode_shape, get_format, tensorized_shape
 from ..functional import cast_all, compute_dtype, conv_plan_constant, grad_in_own_format, reconstruct_matrix, run_steps
 from ..tensors import FactorizedTensor, TensorizedModule
 from ..tensors.module import tensor_export_kwargs
@@ -242,14 +242,8 @@ class TensorizedConv2d(TensorizedModule):
     ) -> tuple[int, ...]:
         if given is None:
             return tensorized_shape(n, modes or fmt.default_modes)
-        shape = tuple(int(s) for s in given)
-        if not shape or any(s < 1 for s in shape) or math.prod(shape) != n:
-            what = "in_channels / groups" if side == "in" else "out_channels"
-            raise ValueError(
-                f"{side}_shape={shape} must be positive ints with product {what} = {n}; got product "
-                f"{math.prod(shape) if shape else 0} (or pass {side}_shape=None to choose one automatically)"
-            )
-        return shape
+        what = "in_channels / groups" if side == "in" else "out_channels"
+        return check_mode_shape(given, n, f"{side}_shape", what)
 
     def _kernel(self, factors: Sequence[Tensor]) -> Tensor:
         w = reconstruct_matrix(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..formats import RankSpec, get_format, tensorized_shape
+from ..formats import RankSpec, check_mode_shape, get_format, tensorized_shape
 from ..functional import gather_rows
 from ..tensors import FactorizedTensor, TensorizedModule
 from ..tensors.module import tensor_export_kwargs
@@ -41,13 +41,7 @@ MODES = (None, "sum", "mean")
 def _resolve_shape(n: int, given: Sequence[int] | None, default_modes: int | None, name: str, what: str):
     if given is None:
         return (n,) if default_modes is None else tensorized_shape(n, default_modes)
-    shape = tuple(int(s) for s in given)
-    if not shape or any(s < 1 for s in shape) or math.prod(shape) < n:
-        raise ValueError(
-            f"{name}={shape} must be positive ints whose product covers {what} = {n}; got product "
-            f"{math.prod(shape) if shape else 0}"
-        )
-    return shape
+    return check_mode_shape(given, n, name, what)
 
 
 class TensorizedEmbedding(TensorizedModule):

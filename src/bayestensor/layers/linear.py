@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..formats import RankSpec, get_format, tensorized_shape
+from ..formats import RankSpec, check_mode_shape, get_format, tensorized_shape
 from ..functional import cast_all, compute_dtype, factorized_linear
 from ..tensors import FactorizedTensor, TensorizedModule
 from ..tensors.module import tensor_export_kwargs
@@ -31,7 +31,7 @@ def resolve_shapes(
     out_shape: Sequence[int] | None,
     format: str,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate given mode shapes or choose balanced ones (zero-padded when a size factors badly)."""
+    """Validate given mode shapes (a product above the size is zero-padded) or choose balanced ones."""
     for name, n in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be a positive int, got {n!r}")
@@ -42,13 +42,7 @@ def resolve_shapes(
         ("out", out_features, out_shape, in_shape),
     ):
         if given is not None:
-            given = tuple(int(s) for s in given)
-            if math.prod(given) != features:
-                raise ValueError(
-                    f"{side}_shape={given} has product {math.prod(given)} but {side}_features is {features}; "
-                    f"give a shape whose product is {features}, or {side}_shape=None to choose one "
-                    "automatically (with invisible zero-padding if needed)"
-                )
+            given = check_mode_shape(given, features, f"{side}_shape", f"{side}_features")
             shapes.append(given)
         else:
             modes = len(other) if (fmt.paired_modes and other is not None) else fmt.default_modes
