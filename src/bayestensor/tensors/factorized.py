@@ -572,9 +572,12 @@ class FactorizedTensor(nn.Module):
         grew pass after pass until the weight collapsed). A bond of rank ``r`` wider than one side's
         unfolding (``m < r`` or ``n < r``, as after a neighbouring bond was pruned) holds at most
         ``p = min(m, n, r)`` singular directions; its indices ``p..r-1`` become exactly zero, and
-        pruning removes them. The posterior follows the same linear map
-        (:meth:`~bayestensor.tensors.posteriors.Posterior.rotate_`). Optimizer state of the rotated
-        factors is reset.
+        pruning removes them. So do singular directions below the factors' rounding,
+        ``s_i ≤ ε · max(m, n, r) · s_1`` (``ε`` of the factors' dtype), as in a decomposed weight of
+        lower rank than the bond: ``R_a`` and ``R_b`` are inverted only on the directions above it (their
+        inverse on rounding noise scaled the posterior's spread by up to ``1/ε``). The posterior
+        follows the same linear map (:meth:`~bayestensor.tensors.posteriors.Posterior.rotate_`).
+        Optimizer state of the rotated factors is reset.
         """
         dtype = torch.float64
         for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
@@ -588,13 +591,17 @@ class FactorizedTensor(nn.Module):
             b = gb.movedim(ab, 0).reshape(r, -1).to(dtype)  # (r, n)
             _, ra = torch.linalg.qr(a)  # (k, r), k = min(m, r)
             _, rb = torch.linalg.qr(b.T)  # (l, r), l = min(n, r)
-            u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # p = min(k, l) singular values
-            root = s.clamp_min(s.max() * 1e-12).sqrt()
+            u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)  # min(k, l) singular values
+            # directions below the factors' own rounding are zero (docstring)
+            tol = torch.finfo(ga.dtype).eps * max(a.shape[0], b.shape[1], r)
+            p = max(1, int((s > s[0] * tol).sum()))
+            u, s, vh = u[:, :p], s[:p], vh[:p]
+            root = s.sqrt()
             split_a, split_b = self.posterior.gauge_split([a.shape[0], b.shape[1]])
             ta = a.new_zeros(r, r)  # indices p.. of a bond wider than a side's unfolding carry nothing
             tb = a.new_zeros(r, r)
-            ta[:, : len(s)] = torch.linalg.pinv(ra) @ (u * (root * split_a))  # (r, p)
-            tb[: len(s)] = ((root * split_b)[:, None] * vh) @ torch.linalg.pinv(rb.T)  # (p, r)
+            ta[:, :p] = torch.linalg.pinv(ra, rtol=tol) @ (u * (root * split_a))  # (r, p)
+            tb[:p] = ((root * split_b)[:, None] * vh) @ torch.linalg.pinv(rb.T, rtol=tol)  # (p, r)
             new_a = (a @ ta).reshape(*ga.movedim(aa, -1).shape).movedim(-1, aa)
             new_b = (tb @ b).reshape(*gb.movedim(ab, 0).shape).movedim(0, ab)
             self.posterior.rotate_(fa, aa, ta, leading=False)
