@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
+from tensorly.decomposition import parafac as tl_parafac
 from tensorly.decomposition import tucker as tl_tucker
 from torch import nn
 
@@ -85,6 +86,31 @@ def test_cp_als_above_the_tensors_rank_keeps_the_exact_fit(dims, n_iter):
     est = cp_als(t, 3, n_iter=n_iter, tol=0.0, generator=g)
     approx = torch.from_numpy(tl.cp_to_tensor((np.ones(3), [f.numpy() for f in est])))
     assert float((approx - t).norm()) <= max(10 * exact_err, 1e-10 * float(t.norm()))
+
+
+@pytest.mark.filterwarnings("ignore:Trying to compute SVD")
+@pytest.mark.parametrize("dims,rank", [((2, 2, 4, 4, 4, 4), 20), ((3, 2, 5, 2), 8)])
+def test_cp_als_at_a_rank_above_some_modes_fits_as_well_as_tensorly(dims, rank):
+    """The HOSVD start has only ``I_n < R`` directions in a small mode; the rest start as random columns.
+
+    Started at 1 % of the singular vectors' scale, those columns never grew: a planted rank-20 tensor on
+    ``(2, 2, 4, 4, 4, 4)`` stayed at relative error 0.55, a random one at 0.93 (TensorLy's ``parafac``: 0.66).
+    """
+    g = torch.Generator().manual_seed(0)
+    planted = torch.from_numpy(tl.cp_to_tensor((np.ones(rank), [torch.randn(n, rank, generator=g, dtype=D).numpy()
+                                                                 for n in dims])))  # fmt: skip
+    noise = torch.randn(dims, generator=g, dtype=D)
+
+    def error(t: torch.Tensor, factors) -> float:
+        return float(np.linalg.norm(tl.cp_to_tensor(factors) - t.numpy()) / np.linalg.norm(t.numpy()))
+
+    ours = {
+        name: error(t, (np.ones(rank), [f.numpy() for f in cp_als(t, rank)]))
+        for name, t in (("planted", planted), ("noise", noise))
+    }
+    theirs = error(noise, tl_parafac(noise.numpy(), rank, init="svd", n_iter_max=200, tol=1e-9))
+    assert ours["planted"] < 0.05, ours
+    assert ours["noise"] <= 1.05 * theirs, (ours, theirs)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -205,6 +231,58 @@ def test_tensorize_filters_and_min_params():
     _, summary = tensorize(net, max_rank=4, min_params=0, include=["head"])
     assert [r["layer"] for r in summary] == ["head.0", "head.2"]
     assert bt.count_params(net) < sum(p.numel() for p in Net().parameters())
+
+
+def test_a_module_used_twice_is_converted_once_and_put_back_at_both_places():
+    """Reuse is not weight tying: it used to be left dense, with a warning that named it "tied weights"."""
+    torch.manual_seed(0)
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    x = torch.randn(3, 16, dtype=D)
+    model = model.to(D)
+    before = model(x)
+    _, summary = tensorize(model, format="tt", max_rank=100, min_params=0, init="decompose")
+    assert [r["layer"] for r in summary] == ["0"]
+    assert isinstance(model[0], TensorizedLinear) and model[0] is model[2]
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize("layer_type", bt.LAYER_TYPES, ids=lambda t: t.__name__)
+def test_a_frozen_module_stays_frozen(layer_type):
+    from _layers import EXAMPLES
+
+    dense = EXAMPLES[layer_type][0]().requires_grad_(False)
+    model, _ = tensorize(nn.Sequential(dense), min_params=0)
+    assert isinstance(model[0], layer_type)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_a_frozen_weight_with_a_trained_bias_keeps_both_settings():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16))
+    model[0].weight.requires_grad_(False)
+    tensorize(model, min_params=0)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith("0.weight.")}, frozen
+    mha = nn.MultiheadAttention(16, 2)
+    mha.in_proj_weight.requires_grad_(False)  # a pattern with no counterpart in the new layer: said, not guessed
+    with pytest.warns(UserWarning, match=r"\['in_proj_weight'\] are frozen and the rest are not"):
+        tensorize(nn.Sequential(mha), min_params=0)
+
+
+def test_what_a_converted_embedding_cannot_keep_is_said():
+    with pytest.warns(UserWarning, match=r"0 \(scale_grad_by_freq is set"):
+        model, _ = tensorize(nn.Sequential(nn.Embedding(300, 40, scale_grad_by_freq=True)), min_params=0)
+    assert isinstance(model[0], nn.Embedding)  # left dense
+    table = nn.Embedding(300, 40, padding_idx=3)
+    with torch.no_grad():
+        table.weight[3] = 0.5  # a loaded table whose padding row is not zero; nn.Embedding returns it
+    with pytest.warns(UserWarning, match=r"padding_idx=3 is not zero \(max \|entry\| 0.5\)"):
+        TensorizedEmbedding.from_dense(table, max_rank=4)
+
+
+def test_a_layer_that_starts_larger_than_its_dense_weight_is_named():
+    with pytest.warns(UserWarning, match=r"more parameters than their dense weights: 1 \(964 > 800\)"):
+        tensorize(nn.Sequential(nn.Linear(4, 4), nn.Embedding(100, 8)), min_params=100)
 
 
 def test_tensorize_warns_when_nothing_eligible():

@@ -31,7 +31,7 @@ def _named_exactly(name: str, patterns: str | Sequence[str] | None) -> bool:
     return name in ([patterns] if isinstance(patterns, str) else list(patterns))
 
 
-def _skip_reason(name: str, module: nn.Module, shared: dict[int, list[str]]) -> str | None:
+def _skip_reason(name: str, module: nn.Module, shared: dict[int, list[tuple[str, nn.Module]]]) -> str | None:
     """Why a module that looks convertible is left dense, or ``None`` when it is converted."""
     layer_type = layer_type_for(module)
     if layer_type is None:
@@ -44,7 +44,8 @@ def _skip_reason(name: str, module: nn.Module, shared: dict[int, list[str]]) -> 
     if reason is not None:
         return reason
     for p in module.parameters(recurse=False):
-        others = [n for n in shared.get(id(p), []) if n.rpartition(".")[0] != name]
+        # the same module reused under several names is not tying: it is converted once, put back at each
+        others = [n for n, owner in shared.get(id(p), []) if owner is not module]
         if others:
             return f"its parameter is shared with {others[0]} (tied weights)"
     return None
@@ -77,7 +78,9 @@ def tensorize(
     Types match exactly. Modules of a subclass of those types, modules with unsupported
     settings (``max_norm``, ``add_bias_kv``, …) and modules whose
     weight is tied to another module's (an LM head tied to its embedding) are left dense; one
-    warning names each with the reason, and naming one exactly in ``include`` is an error. The
+    warning names each with the reason, and naming one exactly in ``include`` is an error. A module
+    used at several places (``nn.Sequential(l, act, l)``) is converted once, and the new layer is put
+    at each of them. A frozen layer (``requires_grad=False``) stays frozen (:func:`from_dense`). The
     feed-forward layers of an ``nn.TransformerEncoderLayer`` are converted only together with its
     ``self_attn`` (its inference fast path reads ``linear1.weight`` otherwise), and an
     ``nn.TransformerEncoder`` whose layers were converted gets ``use_nested_tensor = False`` (the
@@ -130,9 +133,13 @@ def tensorize(
         A module named exactly in ``include`` cannot be converted (the message says why), or an
         ``include`` name matches no module.
     """
-    shared: dict[int, list[str]] = {}
+    by_name = dict(model.named_modules(remove_duplicate=False))
+    shared: dict[int, list[tuple[str, nn.Module]]] = {}  # parameter -> (its names, the module holding it)
     for pname, p in model.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), []).append(pname)
+        shared.setdefault(id(p), []).append((pname, by_name[pname.rpartition(".")[0]]))
+    aliases: dict[int, list[str]] = {}  # module -> every name it is reachable under
+    for mname, m in by_name.items():
+        aliases.setdefault(id(m), []).append(mname)
     names = [n for n, _ in model.named_modules()]
     if include is not None:
         for pattern in [include] if isinstance(include, str) else include:
@@ -190,14 +197,23 @@ def tensorize(
         new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
         new.train(module.training)
         if name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, new)
+            for alias in aliases[id(module)]:  # a module used at several places stays one module
+                parent_name, _, child = alias.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, new)
         else:  # the model itself was the layer (then the only target)
             model = new
         for sub_name, sub in new.named_modules():
             if isinstance(sub, TensorizedModule):
                 summary.append(_summary_row(".".join(n for n in (name, sub_name) if n), module, sub))
+    larger = [r for r in summary if r["params_after"] > r["params_before"]]
+    if larger:
+        warnings.warn(
+            "tensorize: at their starting ranks these layers hold more parameters than their dense weights: "
+            + "; ".join(f"{r['layer']} ({r['params_after']:,} > {r['params_before']:,})" for r in larger)
+            + " (give a smaller max_rank, or exclude them)",
+            stacklevel=2,
+        )
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, LAYER_TYPES) for m in module.modules()):
             module.use_nested_tensor = False

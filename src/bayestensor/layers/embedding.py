@@ -23,6 +23,7 @@ Repeated ids in a batch are computed once (``torch.unique``); bags are pooled by
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -277,6 +278,8 @@ class TensorizedEmbedding(TensorizedModule):
             return "max_norm is set (the table changes during lookups)"
         if isinstance(module, nn.EmbeddingBag) and module.mode == "max":
             return "EmbeddingBag(mode='max'); expected mode 'sum' or 'mean'"
+        if module.scale_grad_by_freq:
+            return "scale_grad_by_freq is set (it scales a row's gradient by its count; all rows share the factors)"
         return None
 
     @classmethod
@@ -292,8 +295,9 @@ class TensorizedEmbedding(TensorizedModule):
     ) -> TensorizedEmbedding:
         """A layer started from the table of an embedding or embedding bag; ``init`` as for linear layers.
 
-        ``mode``, ``padding_idx`` and ``include_last_offset`` are taken from the source. ``max_norm``
-        and ``mode="max"`` are not supported.
+        ``mode``, ``padding_idx`` and ``include_last_offset`` are taken from the source. ``max_norm``,
+        ``mode="max"`` and ``scale_grad_by_freq`` are not supported. The padding row reads as zeros
+        (a warning says so when an ``nn.Embedding``'s is not).
         """
         cls.check_convertible(embedding)
         is_bag = isinstance(embedding, nn.EmbeddingBag)
@@ -310,6 +314,12 @@ class TensorizedEmbedding(TensorizedModule):
         )
         table = embedding.weight
         if layer.padding_idx is not None:
+            if not is_bag and bool(table[layer.padding_idx].any()):  # a bag leaves padding out whatever it holds
+                warnings.warn(
+                    f"Embedding row padding_idx={layer.padding_idx} is not zero (max |entry| "
+                    f"{float(table[layer.padding_idx].abs().max()):.3g}); the tensorized layer reads it as zeros",
+                    stacklevel=2,
+                )
             table = table.detach().clone()
             table[layer.padding_idx] = 0.0  # the padding row reads as zeros in the tensorized layer
         matrix = padded(table, math.prod(layer.row_shape), math.prod(layer.col_shape))
