@@ -182,6 +182,7 @@ def test_finetune_refits_the_weights_the_prior_shrank_at_the_ranks_it_found(fmt)
         ({"no_kl_epochs": 3, "warmup_epochs": 3}, "longer than the run"),
         ({"kl_weight": -1.0}, "kl_weight must be"),
         ({"prune_threshold": 0.0}, "prune_threshold must be"),
+        ({"prune_threshold": 1.0}, r"prune_threshold must be in \(0, 1\)"),
         ({"prune_every": 0}, "prune_every must be"),
         ({"prune_start": -1}, "prune_start must be"),
         ({"tolerance": -0.01}, "tolerance must be a finite number > 0"),
@@ -604,6 +605,9 @@ def test_prune_by_loss_arguments_are_checked():
         bt.prune(model, evaluate=lambda: float("nan"), tolerance=0.1)
     with pytest.raises(ValueError, match="merge_restarts must be an int >= 0, got -1"):
         bt.prune(model, merge_restarts=-1)
+    for threshold in (0.0, 1.0, 2):  # relative to a bond's largest component: 1 or more would keep only that
+        with pytest.raises(ValueError, match=rf"threshold must be in \(0, 1\).*got {threshold}"):
+            bt.prune(model, threshold=threshold)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"build ARD\(tolerance=...\)"):
         bt.ARD(model, opt, num_data=8, epochs=2).end_epoch(evaluate=lambda: 1.0)

@@ -285,6 +285,13 @@ def test_a_layer_that_starts_larger_than_its_dense_weight_is_named():
         tensorize(nn.Sequential(nn.Linear(4, 4), nn.Embedding(100, 8)), min_params=100)
 
 
+def test_tensorize_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="tensorize expects a torch.nn.Module, got str"):
+        tensorize("model")
+    with pytest.raises(ValueError, match="min_params must be an int >= 0, got -1"):
+        tensorize(nn.Linear(4, 4), min_params=-1)
+
+
 def test_tensorize_warns_when_nothing_eligible():
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     with pytest.warns(UserWarning, match="no convertible module"):

@@ -212,3 +212,12 @@ def test_zero_padded_shapes_round_trip_through_save_and_load(layer_type, fmt, tm
     back = bt.load(tmp_path / "m")[0]
     assert _shapes(back) == _shapes(layer)
     torch.testing.assert_close(call(back, x), call(layer, x))
+
+
+@pytest.mark.parametrize("fmt", bt.available_formats())
+def test_a_checkpoint_of_another_format_is_refused_naming_the_layer(fmt):
+    other = next(f for f in bt.available_formats() if f != fmt)
+    saved = nn.Sequential(bt.TensorizedLinear(16, 16, format=other, max_rank=2, method="map"))
+    model = nn.Sequential(bt.TensorizedLinear(16, 16, format=fmt, max_rank=2, method="map"))
+    with pytest.raises(RuntimeError, match=rf"0\.weight: the checkpoint's factors .* are not a '{fmt}' tensor"):
+        model.load_state_dict(saved.state_dict())

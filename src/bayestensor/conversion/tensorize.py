@@ -133,6 +133,10 @@ def tensorize(
         A module named exactly in ``include`` cannot be converted (the message says why), or an
         ``include`` name matches no module.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"tensorize expects a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(min_params, bool) or not isinstance(min_params, int) or min_params < 0:
+        raise ValueError(f"min_params must be an int >= 0, got {min_params!r}")
     by_name = dict(model.named_modules(remove_duplicate=False))
     shared: dict[int, list[tuple[str, nn.Module]]] = {}  # parameter -> (its names, the module holding it)
     for pname, p in model.named_parameters(remove_duplicate=False):

@@ -286,8 +286,10 @@ class ARD:
         self.steps_per_epoch = steps_per_epoch
         if not (isinstance(kl_weight, int | float) and math.isfinite(kl_weight) and kl_weight >= 0):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
-        if not prune_threshold > 0:
-            raise ValueError(f"prune_threshold must be > 0, got {prune_threshold!r}")
+        if not 0 < prune_threshold < 1:
+            raise ValueError(
+                f"prune_threshold must be in (0, 1) (a fraction of a bond's largest component), got {prune_threshold!r}"
+            )
         self.kl_weight = float(kl_weight)
         self.no_kl_epochs = DEFAULT_NO_KL_FRACTION * epochs if no_kl_epochs is None else float(no_kl_epochs)
         self.warmup_epochs = DEFAULT_WARMUP_FRACTION * epochs if warmup_epochs is None else float(warmup_epochs)

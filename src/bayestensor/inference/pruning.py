@@ -221,7 +221,7 @@ def prune(
     model
         The model (or a DDP-wrapped model's ``.module``).
     threshold
-        Relative pruning threshold, ``> 0``.
+        Relative pruning threshold, in ``(0, 1)``.
     optimizer
         Its parameter references and state (momentum, Adam moments) are truncated in place, so
         training goes on with it. Without it, rebuild the optimizer after pruning.
@@ -258,8 +258,8 @@ def prune(
 
     Layers with ``method=None`` are left alone.
     """
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1) (a fraction of a bond's largest component), got {threshold!r}")
     if isinstance(merge_restarts, bool) or not isinstance(merge_restarts, int) or merge_restarts < 0:
         raise ValueError(f"merge_restarts must be an int >= 0, got {merge_restarts!r}")
     if evaluate is not None and not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):

@@ -733,7 +733,16 @@ class FactorizedTensor(nn.Module):
             tuple(s) != tuple(p.shape) for s, p in zip(shapes, self.factors, strict=True)
         ):
             # a pruned checkpoint: shrink this module to its ranks before loading the values
-            ranks = self.fmt.validate([torch.empty(s, device="meta") for s in shapes], self.out_shape, self.in_shape)
+            metas = [torch.empty(s, device="meta") for s in shapes]
+            try:
+                ranks = self.fmt.validate(metas, self.out_shape, self.in_shape)
+            except ValueError as err:
+                error_msgs.append(
+                    f"{prefix[:-1] or 'tensor'}: the checkpoint's factors {[tuple(s) for s in shapes]} are not a "
+                    f"{self.fmt.name!r} tensor of out_shape={self.out_shape}, in_shape={self.in_shape} ({err}); was "
+                    "it saved from a model of another format or shape?"
+                )
+                return
             if any(r > c for r, c in zip(ranks, self.ranks, strict=True)):
                 error_msgs.append(
                     f"{prefix[:-1] or 'tensor'}: checkpoint ranks {ranks} exceed this model's ranks {self.ranks}"
