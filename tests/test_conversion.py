@@ -290,6 +290,10 @@ def test_tensorize_bad_arguments_are_named():
         tensorize("model")
     with pytest.raises(ValueError, match="min_params must be an int >= 0, got -1"):
         tensorize(nn.Linear(4, 4), min_params=-1)
+    with pytest.raises(ValueError, match=r"tensorize: 0 \(LazyLinear\) has uninitialized \(lazy\) parameters"):
+        tensorize(nn.Sequential(nn.LazyLinear(8), nn.ReLU()), min_params=0)
+    with pytest.raises(ValueError, match="tensorize: 0: Linear has parameters on the meta device"):
+        tensorize(nn.Sequential(nn.Linear(8, 8, device="meta")), min_params=0)
 
 
 def test_tensorize_warns_when_nothing_eligible():

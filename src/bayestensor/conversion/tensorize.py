@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..formats import RankSpec
 from ..layers import LAYER_TYPES, TensorizedLinear
@@ -158,6 +159,11 @@ def tensorize(
         if name and ((include is not None and not _matches(name, include)) or _matches(name, exclude)):
             continue
         named = bool(name) and _named_exactly(name, include)
+        if any(is_lazy(p) for p in module.parameters()):
+            raise ValueError(
+                f"tensorize: {name or type(module).__name__} ({type(module).__name__}) has uninitialized (lazy) "
+                "parameters; run one forward pass to materialize them before tensorize"
+            )
         if sum(p.numel() for p in module.parameters()) < min_params and not named:
             continue
         reason = _skip_reason(name, module, shared)
@@ -198,7 +204,10 @@ def tensorize(
         if is_table:
             kwargs.pop("start_fraction", None)
         rank = 16 if max_rank is None and is_table else max_rank
-        new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
+        try:
+            new = from_dense(module, format=format, max_rank=rank, method=method, init=init, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"tensorize: {name or type(module).__name__}: {err}") from err
         new.train(module.training)
         if name:
             for alias in aliases[id(module)]:  # a module used at several places stays one module

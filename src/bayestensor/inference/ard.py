@@ -346,6 +346,12 @@ class ARD:
                 "and nothing will be pruned",
                 stacklevel=2,
             )
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if self.tensors and not any(id(f) in held for _, t in self.tensors for f in t.factors):
+            raise ValueError(
+                "ARD: the optimizer holds none of the model's tensorized factors (was it built on another model, "
+                "or before bt.tensorize replaced the layers?); build it on model.parameters()"
+            )
         self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
         self.initial_compression = self.compression()
         if (
