@@ -122,6 +122,46 @@ def test_report_writes_markdown_and_plots_and_compares_runs(tmp_path, capsys):
     assert _error(capsys, ["report", str(tmp_path / "missing")])
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--set", "train.batch_size=0"], "train.batch_size: expected an integer >= 1, got 0"),
+        (["--set", "data.limit=-5"], "data.limit: expected an integer >= 0 (0 = all examples), got -5"),
+        (["--set", "train.predict_samples=0"], "train.predict_samples: expected an integer >= 1"),
+        (["--lr", "inf"], "train.lr: expected a finite number > 0, got inf"),
+        (["--device", "tpu"], "train.device: expected cpu, cuda or cuda:N, got 'tpu'"),
+        (["--method", "foo"], "model.method: expected one of map, svi, none, svgd, sghmc, got 'foo'"),
+        (["--format", "TTM"], "model.format: expected one of cp, tt, ttm, tucker, got 'TTM'"),
+        (["--set", "train.epochs.x=1"], "--set train.epochs.x: train.epochs is a value, not a section"),
+        (["--set", "name=../elsewhere"], "name: expected a folder name under out (no path separators)"),
+    ],
+)
+def test_bad_values_are_named_before_anything_is_written(flags, message, tmp_path, capsys):
+    out = tmp_path / "runs"
+    err = _error(capsys, ["train", "--quiet", "--epochs", "2", "--out", str(out), *flags])
+    assert message in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_report_names_what_is_wrong_with_a_run_folder(tmp_path, capsys):
+    assert main(["train", "--smoke", "--quiet", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    good = (run / "report.json").read_text()
+    for text, message in (("{}", "lacks ['experiment'"), ("[1, 2]", "holds a JSON list; expected an object")):
+        (run / "report.json").write_text(text)
+        assert message in _error(capsys, ["report", str(run)])
+    (run / "report.json").write_text(good)
+    metrics = run / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(rows) + "\n{not json\n")
+    assert f"metrics.jsonl', line {len(rows) + 1}: not valid JSON" in _error(capsys, ["report", str(run)])
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    (tmp_path / "plot").write_text("")
+    assert "is a file; expected a folder" in _error(
+        capsys, ["report", str(run), str(run), "--out", str(tmp_path / "plot")]
+    )
+
+
 def test_training_output_is_quiet_off_a_terminal(tmp_path, capsys):
     assert main(["train", "--smoke", "--out", str(tmp_path)]) == 0  # no --quiet: capsys is not a TTY
     out = capsys.readouterr().out

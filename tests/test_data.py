@@ -309,6 +309,13 @@ def test_criteo_reads_back_with_dlrm_preprocessing(tmp_path, gz):
     assert got.dense[torch.tensor([[d is None or d <= 0 for d in r[1]] for r in rows])].eq(0).all()
 
 
+def test_a_truncated_gzipped_criteo_file_is_named(tmp_path):
+    path = write_criteo(tmp_path / "train.txt", criteo_rows(200), gz=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataFormatError, match=r"train.txt.gz'.*damaged or truncated"):
+        list(CriteoKaggle(tmp_path, batch_size=16, split="all"))
+
+
 def test_criteo_split_is_last_seventh_of_window(tmp_path):
     rows = criteo_rows(100, seed=1)
     write_criteo(tmp_path / "train.txt", rows)

@@ -220,6 +220,43 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, cap
         assert ckpt.read_bytes() == damaged
 
 
+def test_a_new_run_never_writes_into_an_earlier_runs_folder(tmp_path, capsys):
+    """Run twice without --resume: the second run gets ``NAME-2``; the first keeps every file, byte for byte."""
+    out = tmp_path / "runs"
+    args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
+    assert main(args) == 0
+    (first,) = out.iterdir()
+    saved = {f.name: f.read_bytes() for f in first.iterdir() if f.is_file()}
+    assert main([*args, "--lr", "0.05"]) == 0
+    second = out / f"{first.name}-2"
+    assert sorted(p.name for p in out.iterdir()) == sorted([first.name, second.name])
+    assert {f.name: f.read_bytes() for f in first.iterdir() if f.is_file()} == saved
+    assert json.loads((second / "report.json").read_text())["run_dir"] == str(second)
+    assert f"this run writes {second}" in capsys.readouterr().out
+    # the named folder resumes; the saved config's other keys must match, and those that differ are named
+    assert main([*args, "--lr", "0.05", "--set", f"name={second.name}", "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--lr", "0.02", "--seed", "3", "--set", f"name={second.name}", "--resume"]) == 2
+    assert "(train.lr, train.seed differ)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_does_not_hold_this_runs_state_is_named_and_left_untouched(tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
+    assert main(args) == 0
+    (run_dir,) = out.iterdir()
+    ckpt = run_dir / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    for key, value, shown in (("rng", "x", "TypeError"), ("epoch", "3x", "ValueError"), ("model", {}, "Missing key")):
+        torch.save({**state, key: value}, ckpt)
+        damaged = ckpt.read_bytes()
+        capsys.readouterr()
+        assert main([*args, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {str(ckpt)!r} does not hold this run's state" in err and shown in err, err
+        assert "Traceback" not in err and ckpt.read_bytes() == damaged
+
+
 def test_ddp_two_processes_prune_identically(tmp_path):
     data = write_idx_dir(tmp_path / "fashion")
     out = tmp_path / "runs"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DataNotFoundError
+from .errors import DataFormatError, DataNotFoundError
 
 
 def find_files(
@@ -78,3 +80,12 @@ def open_binary(path: Path) -> BinaryIO:
     if is_gzip(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn a damaged or truncated gzip stream met while reading ``path`` into a :class:`DataFormatError`."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataFormatError(path, f"expected a complete gzip stream, got a damaged or truncated one ({e})") from e

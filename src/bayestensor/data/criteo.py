@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._files import find_files, open_binary
+from ._files import find_files, open_binary, reading
 from .click_batch import NUM_DENSE, NUM_SPARSE, ClickBatch
 from .errors import DataFormatError
 
@@ -88,7 +88,7 @@ def _count_lines(path: Path, limit: int | None) -> int:
     """Number of lines in ``path`` (a last line without newline counts), or ``limit`` if there are more."""
     count = 0
     last = b"\n"
-    with open_binary(path) as f:
+    with reading(path), open_binary(path) as f:
         while chunk := f.read(1 << 24):
             count += chunk.count(b"\n")
             last = chunk[-1:]
@@ -355,7 +355,7 @@ class CriteoKaggle:
     def __iter__(self) -> Iterator[ClickBatch]:
         start, stop = self.bounds
         num_batches = self._num_batches_total()
-        with open_binary(self.path) as f:
+        with reading(self.path), open_binary(self.path) as f:
             lines = itertools.islice(f, start, stop)
             for b in range(num_batches):
                 chunk = list(itertools.islice(lines, self.batch_size))

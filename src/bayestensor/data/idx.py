@@ -8,13 +8,12 @@ Fashion-MNIST ship four such files: ``train-images-idx3-ubyte``, ``train-labels-
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._files import find_files, is_gzip, open_binary
+from ._files import find_files, is_gzip, open_binary, reading
 from .errors import DataFormatError
 from .splits import DatasetSplits, LabeledImages
 
@@ -47,11 +46,8 @@ def _read_bytes(path: Path) -> bytes:
     """Whole (decompressed) contents of ``path``; gzip is recognised by its magic bytes, not its name."""
     if not is_gzip(path):
         return path.read_bytes()
-    try:
-        with open_binary(path) as f:
-            return f.read()
-    except (EOFError, OSError, zlib.error) as e:
-        raise DataFormatError(path, f"expected a complete gzip stream, got a damaged or truncated one ({e})") from e
+    with reading(path), open_binary(path) as f:
+        return f.read()
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -124,6 +124,10 @@ class ClassificationTask:
     def __init__(self, exp: Experiment, cfg: RunConfig, ctx: DistContext, device: torch.device) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.xtr, self.ytr, self.xte, self.yte = (t.to(device) for t in exp.load_data(cfg))
+        empty = [name for name, t in (("training", self.ytr), ("test", self.yte)) if len(t) == 0]
+        if empty:
+            where = f" in {cfg.data.data_dir!r}" if cfg.data.data_dir else ""
+            raise ConfigError(f"{exp.name}: the {' and '.join(empty)} split of the data{where} holds no examples")
         self.validation = None
         if cfg.data.validation:
             self.xtr, self.ytr, *self.validation = hold_out(self.xtr, self.ytr, cfg.data.validation)

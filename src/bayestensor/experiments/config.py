@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class ConfigError(ValueError):
@@ -123,6 +126,37 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def check_values(cfg: RunConfig) -> None:
+    """The ranges that types alone do not give, checked before a run builds or writes anything.
+
+    Raises :class:`ConfigError` naming the key, what it expects and what it got. (Keys checked
+    where they are used: the schedule's by :class:`~bayestensor.ARD`, the sampler's by
+    ``check_sampler_config``, ``model.max_rank`` and ``model.init`` by the model's layers.)
+    """
+    t, d = cfg.train, cfg.data
+    try:
+        device_type = torch.device(t.device).type
+    except RuntimeError:
+        device_type = None
+    checks = [
+        ("train.device", device_type in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
+        ("train.batch_size", t.batch_size >= 1, "an integer >= 1"),
+        ("train.lr", math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
+        ("train.predict_samples", t.predict_samples >= 1, "an integer >= 1 (posterior predictive draws)"),
+        ("train.threads", t.threads >= 0, "an integer >= 0 (0 = torch's default)"),
+        ("data.limit", d.limit >= 0, "an integer >= 0 (0 = all examples)"),
+        ("data.validation", d.validation >= 0, "an integer >= 0"),
+        ("data.test_fraction", 0 < d.test_fraction < 1, "a fraction in (0, 1)"),
+        ("name", not cfg.name or (Path(cfg.name).name == cfg.name and cfg.name not in (".", "..")),
+         "a folder name under out (no path separators)"),
+    ]  # fmt: skip
+    for key, ok, expected in checks:
+        if not ok:
+            section, _, field_name = key.rpartition(".")
+            value = getattr(getattr(cfg, section) if section else cfg, field_name)
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -202,6 +236,8 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
             value = _parse_literal(text)
             node[parts[-1]] = _check_type(key, value, 0.0)
             return
+    if not dataclasses.is_dataclass(node):
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is a value, not a section")
     value = _parse_literal(text)
     if isinstance(getattr(node, parts[-1], None), str) and not isinstance(value, str):
         value = text  # strings need no quotes on the command line

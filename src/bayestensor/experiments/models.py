@@ -7,16 +7,21 @@ from typing import Any
 
 from torch import nn
 
+from ..formats import available_formats
 from ..layers import TensorizedConv2d, TensorizedLinear
 from ..tensors.init import RANDOM_INITS
 from .config import ConfigError, ModelConfig
 
 #: Methods that train MAP layers and then sample the posterior over them (:mod:`.posterior`).
 SAMPLERS = ("svgd", "sghmc")
+#: ``model.method`` values: fixed ranks, the two rank posteriors, and MAP followed by a sampler.
+RUN_METHODS = ("map", "svi", "none", *SAMPLERS)
 
 
 def layer_method(method: str) -> str | None:
     """The layers' ``method`` for a run's ``model.method``: ``"none"`` is fixed ranks, a sampler's particles are MAP."""
+    if method not in RUN_METHODS:
+        raise ConfigError(f"model.method: expected one of {', '.join(RUN_METHODS)}, got {method!r}")
     if method == "none":
         return None
     return "map" if method in SAMPLERS else method
@@ -35,6 +40,8 @@ def tensor_kwargs(cfg: ModelConfig) -> dict[str, Any] | None:
         )
     if cfg.init not in RANDOM_INITS:
         raise ConfigError(f"model.init: expected one of {RANDOM_INITS}, got {cfg.init!r}")
+    if cfg.format not in available_formats():
+        raise ConfigError(f"model.format: expected one of {', '.join(available_formats())}, got {cfg.format!r}")
     return {
         "format": cfg.format,
         "max_rank": cfg.max_rank or None,

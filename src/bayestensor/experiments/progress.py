@@ -55,5 +55,5 @@ class Console:
             yield lambda n=1: bar.advance(task, n)
 
     def print(self, *args: Any) -> None:
-        """Print through rich (also when quiet: summaries and errors)."""
-        self.rich.print(*args)
+        """Print through rich (also when quiet: summaries and errors); long lines (paths) are not wrapped."""
+        self.rich.print(*args, soft_wrap=True)

@@ -20,6 +20,10 @@ class ReportError(ValueError):
     """A run folder without a readable report."""
 
 
+#: Keys every run's ``report.json`` holds, which the summary and the plots read.
+REQUIRED_KEYS = ("experiment", "format", "method", "test_accuracy", "params", "dense_params", "compression")
+
+
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``report.json`` and the rows of ``metrics.jsonl`` of a run folder."""
     run_dir = Path(run_dir)
@@ -30,10 +34,24 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         report = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ReportError(f"{str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(report, dict):
+        raise ReportError(f"{str(path)!r} holds a JSON {type(report).__name__}; expected an object (a run's report)")
+    missing = [k for k in REQUIRED_KEYS if k not in report]
+    if missing:
+        raise ReportError(f"{str(path)!r} lacks {missing}; expected a report written by 'bayestensor train'")
     metrics = []
     mpath = run_dir / "metrics.jsonl"
     if mpath.is_file():
-        metrics = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(mpath.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{str(mpath)!r}, line {number}: not valid JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise ReportError(f"{str(mpath)!r}, line {number}: expected a JSON object, got {line[:40]!r}")
+            metrics.append(row)
     return report, metrics
 
 
@@ -192,6 +210,8 @@ def write_report(run_dir: str | Path) -> Path:
 def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Plot test accuracy against compression for several runs; returns the PNG path."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {str(out)!r} is a file; expected a folder for the comparison plot")
     out.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()

@@ -25,17 +25,29 @@ from .classification import ClassificationTask, Evaluation, evaluate
 from .clicks import ClicksTask
 from .clock import TrainingClock
 from .compiled import CompiledObjective, check_compile_mode, use_compile
-from .config import ConfigError, RunConfig, dump_toml
-from .distributed import DistContext, barrier, gather_objects, init_distributed, process_group, shutdown, wrap
+from .config import ConfigError, RunConfig, check_values, dump_toml
+from .distributed import (
+    DistContext,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    process_group,
+    shutdown,
+    wrap,
+)
 from .optim import epoch_learning_rate, make_optimizer, set_learning_rate
 from .posterior import SAMPLERS, SamplerPhase, check_sampler_config, sampler_passes
 from .progress import Console
 from .registry import Experiment, get_experiment
 from .report import write_report
+from .run_folder import config_differences, fresh_run_dir
 from .run_state import lambda_spectra as _lambda_spectra
 from .run_state import layer_table, peak_rss_mb, rng_state, seed_everything, set_rng_state, weight_rms
 
 CHECKPOINT = "checkpoint.pt"
+#: Config keys that say where a run is, not what it computes: a resume may name its folder differently.
+WHERE_KEYS = ("out", "name")
 #: Test hook: exit hard (``os._exit``) right after epoch ``k`` (1-based) has been checkpointed.
 KILL_ENV = "BAYESTENSOR_TEST_KILL_AFTER_EPOCH"
 #: Exit status of that hard exit.
@@ -138,6 +150,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
 
     Returns the report dict also written to ``report.json``.
     """
+    check_values(cfg)
     ctx = init_distributed(cfg.train.device)
     try:
         return _train(cfg, ctx, resume, console)
@@ -151,6 +164,14 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     exp = get_experiment(cfg.experiment)
     check_compile_mode(cfg.train.compile)
     run_dir = Path(cfg.out) / cfg.run_name
+    if not resume:  # never into an earlier run's folder (a finished report, a resumable checkpoint)
+        chosen = Path(broadcast_object(str(fresh_run_dir(run_dir)) if ctx.is_main else None, ctx))
+        if chosen != run_dir:
+            console.print(
+                f"{run_dir} holds an earlier run (--resume continues it); this run writes {chosen} "
+                f"(resume it with --resume --set name={chosen.name})"
+            )
+        run_dir = chosen
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     device = ctx.device(cfg.train.device)
@@ -177,18 +198,25 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
                 f"checkpoint {str(ckpt_path)!r} holds {held} particles, this run asks for sampler.particles="
                 f"{cfg.sampler.particles}; resume with the same number or start a new run (--out/--set name=...)"
             )
-        if state["config"] != cfg.to_dict():
+        changed = [k for k in config_differences(state["config"], cfg.to_dict()) if k not in WHERE_KEYS]
+        if changed:
             raise CheckpointError(
-                f"checkpoint {str(ckpt_path)!r} was written with another configuration; resume with the same "
-                "arguments or start a new run (--out/--set name=...)"
+                f"checkpoint {str(ckpt_path)!r} was written with another configuration ({', '.join(changed)} "
+                "differ); resume with the same arguments or start a new run (--out/--set name=...)"
             )
-        model.load_state_dict(state["model"])
-        optimizer = make_optimizer(model, cfg.train.lr)
-        optimizer.load_state_dict(state["optimizer"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        resume_rng = rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0]
-        set_rng_state(resume_rng)
-        start, history, elapsed = state["epoch"] + 1, state["history"], state.get("elapsed", 0.0)
+        try:  # a file that unpickles but does not hold this run's state
+            model.load_state_dict(state["model"])
+            optimizer = make_optimizer(model, cfg.train.lr)
+            optimizer.load_state_dict(state["optimizer"])
+            rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+            resume_rng = rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0]
+            set_rng_state(resume_rng)
+            start, history, elapsed = int(state["epoch"]) + 1, list(state["history"]), state.get("elapsed", 0.0)
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+            raise CheckpointError(
+                f"checkpoint {str(ckpt_path)!r} does not hold this run's state ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:400]}); it was left untouched"
+            ) from None
         scoring = state.get("scoring_seconds", 0.0)
         initial_ranks, initial_params = state["initial_ranks"], state["initial_params"]
         initial_rms = state.get("initial_rms", initial_rms)
