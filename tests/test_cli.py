@@ -54,6 +54,22 @@ def test_unknown_config_key(tmp_path, capsys):
     err = _error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path)])
     assert "unknown config key(s) train.learning_rate" in err and "train.lr" in err
     assert "unknown section 'modle'" in _error(capsys, ["train", "--set", "modle.max_rank=3", "--out", str(tmp_path)])
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"\xc0\xff\x00epochs")
+    assert f"config file {str(binary)!r} is not valid TOML" in _error(capsys, ["train", "--config", str(binary)])
+    assert f"config file {str(tmp_path)!r} is a folder" in _error(capsys, ["train", "--config", str(tmp_path)])
+
+
+def test_an_interrupted_command_says_so_without_a_traceback(monkeypatch, capsys):
+    import bayestensor.cli.train as train_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    assert main(["train", "--smoke"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; a run's last checkpoint is kept, and --resume continues it" in err and "Traceback" not in err
 
 
 def test_bad_types(tmp_path, capsys):

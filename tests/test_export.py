@@ -221,3 +221,11 @@ def test_a_checkpoint_of_another_format_is_refused_naming_the_layer(fmt):
     model = nn.Sequential(bt.TensorizedLinear(16, 16, format=fmt, max_rank=2, method="map"))
     with pytest.raises(RuntimeError, match=rf"0\.weight: the checkpoint's factors .* are not a '{fmt}' tensor"):
         model.load_state_dict(saved.state_dict())
+
+
+def test_a_truncated_weights_file_is_an_export_error(tmp_path):
+    model = nn.Sequential(bt.TensorizedLinear(16, 16, format="tt", max_rank=2))
+    weights, _ = bt.save(model, tmp_path / "m")
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(ExportError, match=r"m.safetensors' is not a complete safetensors file"):
+        bt.load(tmp_path / "m")

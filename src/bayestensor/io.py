@@ -231,7 +231,12 @@ def load(path: str | Path, *, model: nn.Module | None = None, map_location: str 
         model = build(meta["model"])
     else:
         _check_ranks(model, meta.get("ranks", {}), repr(str(meta_path)))
-    state = load_file(str(weights), device=str(map_location))
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except SafetensorError as err:
+        raise ExportError(f"{str(weights)!r} is not a complete safetensors file ({err})") from None
     for name, source in meta.get("tied", {}).items():
         if source not in state:
             raise ExportError(f"{str(weights)!r} lacks {source!r}, which {name!r} is tied to in {meta_path.name}")

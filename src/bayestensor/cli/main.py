@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(
+            f"bayestensor {args.command}: interrupted; a run's last checkpoint is kept, and --resume continues it",
+            file=sys.stderr,
+        )
+        return 130
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] not in EXTRA_MODULES:
             raise

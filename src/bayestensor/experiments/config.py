@@ -206,11 +206,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file with a clear error for missing or malformed files."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
+        raise ConfigError(f"config file {str(p)!r} {'is a folder' if p.is_dir() else 'does not exist'}")
     try:
         with p.open("rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from None
 
 
