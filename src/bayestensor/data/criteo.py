@@ -98,6 +98,13 @@ def _count_lines(path: Path, limit: int | None) -> int:
     return count if limit is None else min(count, limit)
 
 
+def _int(x: bytes, base: int = 10) -> int:
+    """``int(x, base)`` without Python's extras (``1_000``, spaces, ``0x``), which the fast path refuses too."""
+    if b"_" in x or x != x.strip() or (base == 16 and x[1:2] in (b"x", b"X")):
+        raise ValueError(x)
+    return int(x, base)
+
+
 def _bad_field(fields: list[bytes]) -> tuple[int, str]:
     """Index of the first invalid field of a 40-field line, and what was wrong with it."""
     if fields[0] not in (b"0", b"1"):
@@ -107,7 +114,7 @@ def _bad_field(fields: list[bytes]) -> tuple[int, str]:
         if not x:
             continue
         try:
-            int(x) if i <= NUM_DENSE else int(x, 16)
+            _int(x) if i <= NUM_DENSE else _int(x, 16)
         except ValueError:
             return i, "expected an integer or an empty field" if i <= NUM_DENSE else "expected hexadecimal or empty"
     return 0, "expected a valid line"  # pragma: no cover - only reached if parsing failed for another reason
@@ -225,8 +232,8 @@ def parse_lines(
         try:
             if lab != b"0" and lab != b"1":
                 raise ValueError(lab)
-            dense.append([int(x) if x else 0 for x in fields[1 : 1 + NUM_DENSE]])
-            sparse.append([int(x, 16) % c if x else 0 for x, c in zip(fields[1 + NUM_DENSE :], cards, strict=True)])
+            dense.append([_int(x) if x else 0 for x in fields[1 : 1 + NUM_DENSE]])
+            sparse.append([_int(x, 16) % c if x else 0 for x, c in zip(fields[1 + NUM_DENSE :], cards, strict=True)])
         except ValueError:
             i, what = _bad_field(fields)
             got = fields[i].decode("utf-8", errors="replace")
