@@ -609,8 +609,6 @@ def test_prune_by_loss_arguments_are_checked():
         with pytest.raises(ValueError, match=rf"threshold must be in \(0, 1\).*got {threshold}"):
             bt.prune(model, threshold=threshold)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.warns(UserWarning, match=r"prune_start=4 is not before the end of the run \(epochs=4\)"):
-        bt.ARD(model, opt, num_data=8, epochs=4, prune_start=4, no_kl_epochs=0, warmup_epochs=1)
     stale = torch.optim.SGD(small_model().parameters(), lr=0.1)  # built on another model
     with pytest.raises(ValueError, match="optimizer holds none of the model's tensorized factors"):
         bt.ARD(model, stale, num_data=8, epochs=2)

@@ -317,12 +317,6 @@ class ARD:
         if prune_start is not None and bad_start:
             raise ValueError(f"prune_start must be an int >= 0 or None, got {prune_start!r}")
         self.prune_start = math.ceil(self.no_kl_epochs) if prune_start is None else prune_start
-        if self.prune_start >= epochs:
-            warnings.warn(
-                f"ARD: prune_start={self.prune_start} is not before the end of the run (epochs={epochs}); nothing "
-                "will be pruned",
-                stacklevel=2,
-            )
         self.prune_threshold = float(prune_threshold)
         if target_compression is not None and not (
             isinstance(target_compression, int | float) and math.isfinite(target_compression) and target_compression > 1
