@@ -181,6 +181,8 @@ def test_finetune_refits_the_weights_the_prior_shrank_at_the_ranks_it_found(fmt)
         ({"epochs": 0}, "epochs must be a positive int"),
         ({"no_kl_epochs": 3, "warmup_epochs": 3}, "longer than the run"),
         ({"kl_weight": -1.0}, "kl_weight must be"),
+        ({"kl_weight": True}, r"kl_weight must be a number in \[0, inf\), got True"),
+        ({"warmup_epochs": float("nan")}, "no_kl_epochs and warmup_epochs must be >= 0, got .* and nan"),
         ({"prune_threshold": 0.0}, "prune_threshold must be"),
         ({"prune_threshold": 1.0}, r"prune_threshold must be in \(0, 1\)"),
         ({"prune_every": 0}, "prune_every must be"),
@@ -609,6 +611,18 @@ def test_prune_by_loss_arguments_are_checked():
         with pytest.raises(ValueError, match=rf"threshold must be in \(0, 1\).*got {threshold}"):
             bt.prune(model, threshold=threshold)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    # a pruned checkpoint loaded after the optimizer was built replaces the factors it holds
+    pruned = small_model()
+    opt_pruned = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    bt.prune(pruned, threshold=0.5, optimizer=opt_pruned)
+    fresh = small_model()
+    opt_fresh = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    ard = bt.ARD(fresh, opt_fresh, num_data=8, epochs=2)
+    fresh.load_state_dict(pruned.state_dict())
+    x, y = data(8)
+    ard.loss(F.mse_loss(fresh(x), y)).backward()
+    with pytest.raises(ValueError, match="optimizer holds none of the model's tensorized factors .*replaced after"):
+        opt_fresh.step()
     stale = torch.optim.SGD(small_model().parameters(), lr=0.1)  # built on another model
     with pytest.raises(ValueError, match="optimizer holds none of the model's tensorized factors"):
         bt.ARD(model, stale, num_data=8, epochs=2)

@@ -315,9 +315,18 @@ def test_bad_sampler_inputs():
             bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, temperature=bad)
         with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 \(1 = the posterior\)"):
             bt.SGHMC(ens, num_data=10, lr=0.1, temperature=bad)
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"friction must be in \(0, 1\]"):
+    for bad in (0.0, -0.1, 1.5, True, "0.1", float("nan")):
+        with pytest.raises(ValueError, match=r"friction must be a number in \(0, 1\]"):
             bt.SGHMC(ens, num_data=10, lr=0.1, friction=bad)
+    for bad in (True, float("inf"), -1.0):
+        with pytest.raises(ValueError, match=r"kl_weight must be a number in \[0, inf\)"):
+            bt.SGHMC(ens, num_data=10, lr=0.1, kl_weight=bad)
+        with pytest.raises(ValueError, match=r"kl_weight must be a number in \[0, inf\)"):
+            bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, kl_weight=bad)
+    with pytest.raises(ValueError, match=r"lr must be a number in \(0, inf\), got '1e-3'"):
+        bt.SGHMC(ens, num_data=10, lr="1e-3")
+    with pytest.raises(ValueError, match=r"jitter must be a number in \[0, inf\), got inf"):
+        bt.Ensemble.clone(nn.Linear(2, 1), 2, jitter=float("inf"))
     with pytest.raises(ValueError, match="max_samples must be an int >= the number of chains"):
         bt.SGHMC(ens, num_data=10, lr=0.1, max_samples=1)
     svgd = bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10)
@@ -326,6 +335,67 @@ def test_bad_sampler_inputs():
         svgd.step(torch.zeros(3), out)
     with pytest.raises(ValueError, match="no samples kept yet"):
         bt.SGHMC(ens, num_data=10, lr=0.1, burn_in=5).samples()
+
+
+def _pruned_in_half():
+    """An ensemble of two CP models whose last two of four components are zero in both, and its pruned twin."""
+    torch.manual_seed(3)
+    base = bt.TensorizedLinear(16, 16, format="cp", max_rank=4, method="map").double()
+    with torch.no_grad():
+        base.weight.factors[0][:, 2:] = 0
+    return bt.Ensemble([copy.deepcopy(base), copy.deepcopy(base)])
+
+
+def test_samplers_refuse_particles_replaced_under_them():
+    """``prune_`` replaces the particles: a sampler built before would move nothing, or break on the old shapes."""
+    x = torch.randn(5, 16, dtype=torch.float64)
+
+    def losses(ens):
+        out = ens(x)
+        return out.square().mean((1, 2)), out
+
+    ens = _pruned_in_half()
+    svgd = bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10)
+    sghmc = bt.SGHMC(ens, num_data=10, lr=1e-3, max_samples=4)
+    sghmc.step(losses(ens)[0])
+    held = sghmc.state_dict()
+    steps, momentum = held["steps"], {n: v.clone() for n, v in held["momentum"].items()}
+    sghmc.step(losses(ens)[0])  # a state_dict is a snapshot: later steps leave it as it was
+    assert held["steps"] == steps and len(held["kept"]) == 1
+    assert all(torch.equal(held["momentum"][n], v) for n, v in momentum.items())
+    with pytest.raises(ValueError, match="features must depend on the particles through the graph"):
+        svgd.step(losses(ens)[0], losses(ens)[1].detach())
+    assert ens.prune_(threshold=0.1).after[""][0] < 4  # the components SGHMC's noise moved off zero go
+    with pytest.raises(RuntimeError, match="SVGD's optimizer holds none of the ensemble's particles"):
+        svgd.step(*losses(ens))
+    with pytest.raises(RuntimeError, match=r"particles \['weight.factors.0'.* changed shape since this SGHMC"):
+        sghmc.step(losses(ens)[0])
+
+
+def test_cloned_particles_keep_a_frozen_part_and_integer_like_counts_are_taken():
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = nn.Sequential(bt.TensorizedLinear(8, 8, format="tt", max_rank=2, method="map"), nn.Linear(8, 3))
+    model[1].requires_grad_(False)
+    ens = bt.Ensemble.clone(model, 3, jitter=0.1)
+    params, _ = ens.stacked()
+    assert all(torch.equal(params["1.weight"][i], model[1].weight) for i in range(3))
+    assert not torch.equal(params["0.weight.factors.0"][1], model[0].weight.factors[0])  # the trained part moves
+    bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=np.int64(100))
+    probs, _ = bt.predict(ens, torch.randn(4, 8), num_samples=np.int64(2), transform=lambda z: z.softmax(-1))
+    assert probs.shape == (4, 3)
+
+
+def test_ood_auroc_checks_its_inputs():
+    p = torch.softmax(torch.randn(6, 3), -1)
+    assert bt.inference.ood_auroc(p, torch.full((4, 3), 1 / 3)) == 1.0  # uniform predictions: the most uncertain
+    with pytest.raises(ValueError, match=r"probs_out must be class probabilities \(rows of entries >= 0 summing"):
+        bt.inference.ood_auroc(p, torch.randn(4, 3))  # logits, not probabilities
+    with pytest.raises(ValueError, match="must have the same classes, got 3 and 5"):
+        bt.inference.ood_auroc(p, torch.softmax(torch.randn(4, 5), -1))
+    with pytest.raises(ValueError, match=r"probs_in must be class probabilities of shape \(N >= 1, C\), got \(6,\)"):
+        bt.inference.ood_auroc(p[:, 0], p)
 
 
 def test_svgd_particles_spread_and_fit_a_classifier():

@@ -122,6 +122,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
+from .checks import number, positive_int
 from .objective import bayesian_tensors, prior_loss
 from .pruning import MERGE_RESTARTS, PruneReport, prune, tensorized_layers
 from .schedules import kl_weight
@@ -193,12 +194,6 @@ class _CompressionCap:
 
 class CollapseWarning(UserWarning):
     """A tensorized layer's whole weight shrank to (almost) zero."""
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class ARD:
@@ -278,14 +273,13 @@ class ARD:
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
-        self.num_data = _positive_int("num_data", num_data)
-        self.epochs = _positive_int("epochs", epochs)
-        self.prune_every = _positive_int("prune_every", prune_every)
+        self.num_data = positive_int("num_data", num_data)
+        self.epochs = positive_int("epochs", epochs)
+        self.prune_every = positive_int("prune_every", prune_every)
         if steps_per_epoch is not None:
-            _positive_int("steps_per_epoch", steps_per_epoch)
+            positive_int("steps_per_epoch", steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
-        if not (isinstance(kl_weight, int | float) and math.isfinite(kl_weight) and kl_weight >= 0):
-            raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
+        number("kl_weight", kl_weight, low=0)
         if not 0 < prune_threshold < 1:
             raise ValueError(
                 f"prune_threshold must be in (0, 1) (a fraction of a bond's largest component), got {prune_threshold!r}"
@@ -293,7 +287,7 @@ class ARD:
         self.kl_weight = float(kl_weight)
         self.no_kl_epochs = DEFAULT_NO_KL_FRACTION * epochs if no_kl_epochs is None else float(no_kl_epochs)
         self.warmup_epochs = DEFAULT_WARMUP_FRACTION * epochs if warmup_epochs is None else float(warmup_epochs)
-        if self.no_kl_epochs < 0 or self.warmup_epochs < 0:
+        if not (self.no_kl_epochs >= 0 and self.warmup_epochs >= 0):  # NaN too
             raise ValueError(
                 f"no_kl_epochs and warmup_epochs must be >= 0, got {self.no_kl_epochs} and {self.warmup_epochs}"
             )
@@ -346,12 +340,8 @@ class ARD:
                 "and nothing will be pruned",
                 stacklevel=2,
             )
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if self.tensors and not any(id(f) in held for _, t in self.tensors for f in t.factors):
-            raise ValueError(
-                "ARD: the optimizer holds none of the model's tensorized factors (was it built on another model, "
-                "or before bt.tensorize replaced the layers?); build it on model.parameters()"
-            )
+        self._checked_factors: tuple[int, ...] = ()
+        self._check_optimizer("was it built on another model, or before bt.tensorize replaced the layers?")
         self.initial_rms = {name: layer.weight.weight_rms() for name, layer in tensorized_layers(self.model)}
         self.initial_compression = self.compression()
         if (
@@ -484,7 +474,24 @@ class ARD:
         self.cap.update(projected, target=self.target_compression, epoch_fraction=every / per_epoch)
 
     @torch.no_grad()
+    def _check_optimizer(self, why: str) -> None:
+        """Raise when the optimizer holds none of the model's factors (checked again whenever they are replaced)."""
+        current = tuple(id(f) for _, t in self.tensors for f in t.factors)
+        if current == self._checked_factors:
+            return
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if current and not held.intersection(current):
+            raise ValueError(
+                f"ARD: the optimizer holds none of the model's tensorized factors ({why}); build the optimizer on "
+                "model.parameters() after the model has its final shapes, then ARD on it"
+            )
+        self._checked_factors = current
+
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_optimizer(
+            "the factors were replaced after the optimizer was built: a load_state_dict of a pruned checkpoint, "
+            "or bt.prune without optimizer=, so this step trained none of them"
+        )
         if self.tolerance is not None:
             self._constrain()
         if self.target_compression is not None:

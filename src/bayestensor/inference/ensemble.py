@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, get_posterior
-from .ard import _positive_int
+from .checks import number, positive_int
 from .objective import bayesian_tensors
 from .pruning import PruneReport, ranks, tensorized_layers
 
@@ -62,10 +62,7 @@ def check_num_particles(value: Any, what: str = "num_particles") -> int:
 
 def check_potential_args(num_data: Any, kl_weight: Any) -> tuple[int, float]:
     """``(N, β)`` of :meth:`Ensemble.potentials`, checked: ``N`` a positive int and ``β >= 0``."""
-    _positive_int("num_data", num_data)
-    if not kl_weight >= 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
-    return num_data, float(kl_weight)
+    return positive_int("num_data", num_data), number("kl_weight", kl_weight, low=0)
 
 
 def check_temperature(temperature: Any) -> float:
@@ -186,14 +183,14 @@ class Ensemble(nn.Module):
             the mean for all.
         """
         check_num_particles(num_particles)
-        if not jitter >= 0:
-            raise ValueError(f"jitter must be >= 0, got {jitter!r}")
+        number("jitter", jitter, low=0)
         models = [as_point_mass(model, sample=sample and i > 0) for i in range(num_particles)]
         with torch.no_grad():
             for m in models[1:]:
                 if jitter > 0:
                     for p in m.parameters():
-                        p.add_(jitter * p.square().mean().sqrt() * torch.randn_like(p))
+                        if p.requires_grad:  # a frozen part stays what the model had, in every particle
+                            p.add_(jitter * p.square().mean().sqrt() * torch.randn_like(p))
                 for _, t in bayesian_tensors(m):
                     t.update_rank_variances_()
         return cls(models)

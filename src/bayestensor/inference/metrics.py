@@ -63,6 +63,16 @@ def ood_auroc(probs_in: Tensor, probs_out: Tensor) -> float:
 
     ``0.5`` is chance; ``1`` means every OOD input is less certain than every in-distribution one.
     """
+    for name, p in (("probs_in", probs_in), ("probs_out", probs_out)):
+        if p.dim() != 2 or len(p) == 0:
+            raise ValueError(f"{name} must be class probabilities of shape (N >= 1, C), got {tuple(p.shape)}")
+        total = p.detach().double().sum(1)
+        if bool((p < 0).any()) or not torch.allclose(total, torch.ones_like(total), atol=1e-3):
+            raise ValueError(f"{name} must be class probabilities (rows of entries >= 0 summing to 1; softmax logits)")
+    if probs_in.shape[1] != probs_out.shape[1]:
+        raise ValueError(
+            f"probs_in and probs_out must have the same classes, got {probs_in.shape[1]} and {probs_out.shape[1]}"
+        )
     scores = torch.cat([predictive_entropy(probs_in), predictive_entropy(probs_out)])
     labels = torch.cat([torch.zeros(len(probs_in)), torch.ones(len(probs_out))])
     return roc_auc(scores, labels)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tensors import FactorizedTensor
+from .checks import positive_int
 from .ensemble import Ensemble
 
 
@@ -48,10 +49,11 @@ def predict(
     num_samples
         Number of posterior samples, ``>= 1`` (at most the ensemble's size for an ensemble).
     """
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
-    ):
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if num_samples is not None:
+        try:
+            num_samples = positive_int("num_samples", num_samples)
+        except ValueError:
+            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}") from None
     transform = transform or (lambda z: z)
     if isinstance(model, Ensemble):
         size = model.num_particles

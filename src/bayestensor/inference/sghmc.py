@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import number
 from .ensemble import Ensemble, check_potential_args, check_temperature
 
 
@@ -64,10 +65,8 @@ class SGHMC:
         kl_weight: float = 1.0,
     ) -> None:
         self.num_data, self.kl_weight = check_potential_args(num_data, kl_weight)
-        if not 0 < lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        if not 0 < friction <= 1:
-            raise ValueError(f"friction must be in (0, 1] (1 = SGLD, no momentum), got {friction!r}")
+        number("lr", lr, low=0, open_low=True)
+        number("friction", friction, low=0, high=1, open_low=True)  # 1 = SGLD, no momentum
         for name, value, low in (("burn_in", burn_in, 0), ("thin", thin, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -84,6 +83,12 @@ class SGHMC:
     def step(self, losses: Tensor) -> dict[str, float]:
         """One SGHMC step of every chain from its mean task losses ``(P,)``; returns the mean ``U``."""
         ens = self.ensemble
+        changed = [n for n, v in self.momentum.items() if n not in ens.particles or ens.particles[n].shape != v.shape]
+        if changed:
+            raise RuntimeError(
+                f"the ensemble's particles {changed[:3]} changed shape since this SGHMC was built (prune_() or a "
+                "load_state_dict of other shapes); build a new SGHMC (the kept samples have the old shapes)"
+            )
         u = ens.potentials(losses, num_data=self.num_data, kl_weight=self.kl_weight)
         names = list(self.momentum)
         params = [ens.particles[n] for n in names]
@@ -132,7 +137,11 @@ class SGHMC:
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, momenta and kept samples (for checkpoints)."""
-        return {"steps": self.steps, "momentum": self.momentum, "kept": self.kept}
+        return {
+            "steps": self.steps,
+            "momentum": {n: v.clone() for n, v in self.momentum.items()},
+            "kept": list(self.kept),  # the kept states are never changed in place, only dropped from the list
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the chains' count and shapes must match."""

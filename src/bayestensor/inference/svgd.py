@@ -149,6 +149,11 @@ class SVGD:
         p = ens.num_particles
         if features.shape[0] != p:
             raise ValueError(f"features must have the particle axis first, ({p}, ...), got {tuple(features.shape)}")
+        if not features.requires_grad:
+            raise ValueError(
+                "features must depend on the particles through the graph (the ensemble's outputs on the batch), got "
+                "a tensor that does not require grad: were they detached or computed under torch.no_grad()?"
+            )
         params = [t for t in ens.particles.values() if t.requires_grad]
         u = self.potential(losses)
         grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
@@ -163,6 +168,12 @@ class SVGD:
 
     def step(self, losses: Tensor, features: Tensor) -> dict[str, float]:
         """:meth:`gradients`, one optimizer step, and the particles' ``λ`` M-step."""
+        held = {id(q) for group in self.optimizer.param_groups for q in group["params"]}
+        if not any(id(t) in held for t in self.ensemble.particles.values() if t.requires_grad):
+            raise RuntimeError(
+                "SVGD's optimizer holds none of the ensemble's particles: prune_() or a load_state_dict of other "
+                "shapes replaced them; build a new optimizer on ensemble.parameters() and a new SVGD"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         out = self.gradients(losses, features)
         self.optimizer.step()

@@ -1,0 +1,34 @@
+"""Argument checks shared by the inference objects: each names the argument, what it expects and what it got."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int ``>= 1``; integer-like values (NumPy, 0-d torch integers) count, booleans do not."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return n
+
+
+def number(name: str, value: Any, *, low: float, high: float = math.inf, open_low: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``): finite unless ``high`` is ``inf``.
+
+    Booleans, strings and NaN are refused.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and not math.isnan(value)
+    if ok:
+        above = value > low if open_low else value >= low
+        below = value < math.inf if high == math.inf else value <= high  # an unbounded range is still finite
+        ok = above and below
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if high == math.inf else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
