@@ -23,7 +23,7 @@ for _ in range(epochs):
         opt.zero_grad()
         loss.backward()
         opt.step()  # the λ M-step runs right after each step
-    ard.end_epoch()  # prunes on schedule (optimizer state kept), warns about collapsed layers
+    ard.end_epoch()  # prunes on schedule (the same optimizer goes on), warns about collapsed layers
 model.eval()
 accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
 compression = bt.dense_params(model) / bt.count_params(model)

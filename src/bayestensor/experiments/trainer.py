@@ -138,8 +138,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     ``β(epoch) · prior_loss(model) / N`` (:func:`bayestensor.prior_loss` also runs the
     closed-form ``λ`` M-step), with ``β`` ramped by :func:`bayestensor.kl_weight` up to
     ``train.kl_weight``. Every ``prune_every`` epochs from ``prune_start`` the model is
-    physically pruned (optimizer state kept). A checkpoint is written atomically after every
-    epoch; ``resume=True`` continues from it and reproduces an uninterrupted run on CPU.
+    physically pruned (optimizer state truncated; the regauged factors restart their moments). A
+    checkpoint is written atomically after every epoch; ``resume=True`` continues from it and
+    reproduces an uninterrupted run on CPU.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it trains with DDP; see :mod:`.distributed`. Only
     rank 0 writes files; every process returns the same report.
