@@ -363,7 +363,6 @@ def test_criteo_custom_cardinalities_and_no_trailing_newline(tmp_path):
             lambda f: [*f[:3], "1_05", *f[4:]],
             r"line 4: field 4 \(I3\): expected an integer or an empty field, got '1_05'",
         ),
-        (lambda f: [*f[:20], "0x1f", *f[21:]], r"line 4: field 21 \(C7\): expected hexadecimal or empty, got '0x1f'"),
     ],
 )
 def test_criteo_malformed_line_names_line_number(tmp_path, mutate, pattern):
