@@ -232,7 +232,7 @@ def test_a_new_run_never_writes_into_an_earlier_runs_folder(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted([first.name, second.name])
     assert {f.name: f.read_bytes() for f in first.iterdir() if f.is_file()} == saved
     assert json.loads((second / "report.json").read_text())["run_dir"] == str(second)
-    assert f"this run writes {second}" in capsys.readouterr().out
+    assert f"{first} holds a finished run; this run writes {second}" in capsys.readouterr().out
     # the named folder resumes; the saved config's other keys must match, and those that differ are named
     assert main([*args, "--lr", "0.05", "--set", f"name={second.name}", "--resume"]) == 0
     capsys.readouterr()

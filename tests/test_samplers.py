@@ -382,7 +382,7 @@ def test_cloned_particles_keep_a_frozen_part_and_integer_like_counts_are_taken()
     params, _ = ens.stacked()
     assert all(torch.equal(params["1.weight"][i], model[1].weight) for i in range(3))
     assert not torch.equal(params["0.weight.factors.0"][1], model[0].weight.factors[0])  # the trained part moves
-    bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=np.int64(100))
+    bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=np.int64(100), kl_weight=np.float32(0.5))
     probs, _ = bt.predict(ens, torch.randn(4, 8), num_samples=np.int64(2), transform=lambda z: z.softmax(-1))
     assert probs.shape == (4, 3)
 
@@ -390,6 +390,7 @@ def test_cloned_particles_keep_a_frozen_part_and_integer_like_counts_are_taken()
 def test_ood_auroc_checks_its_inputs():
     p = torch.softmax(torch.randn(6, 3), -1)
     assert bt.inference.ood_auroc(p, torch.full((4, 3), 1 / 3)) == 1.0  # uniform predictions: the most uncertain
+    assert bt.inference.ood_auroc(p.bfloat16(), torch.full((4, 3), 1 / 3).bfloat16()) == 1.0  # half precision sums
     with pytest.raises(ValueError, match=r"probs_out must be class probabilities \(rows of entries >= 0 summing"):
         bt.inference.ood_auroc(p, torch.randn(4, 3))  # logits, not probabilities
     with pytest.raises(ValueError, match="must have the same classes, got 3 and 5"):

@@ -168,8 +168,11 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, console: Console | No
     if not resume:  # never into an earlier run's folder (a finished report, a resumable checkpoint)
         chosen = Path(broadcast_object(str(fresh_run_dir(run_dir)) if ctx.is_main else None, ctx))
         if chosen != run_dir:
+            earlier = (
+                "a finished run" if (run_dir / "report.json").exists() else "an interrupted run (--resume continues it)"
+            )
             console.print(
-                f"{run_dir} holds an earlier run (--resume continues it); this run writes {chosen} "
+                f"{run_dir} holds {earlier}; this run writes {chosen} "
                 f"(resume it with --resume --set name={chosen.name})"
             )
         run_dir = chosen

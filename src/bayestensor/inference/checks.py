@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -21,9 +22,9 @@ def positive_int(name: str, value: Any) -> int:
 def number(name: str, value: Any, *, low: float, high: float = math.inf, open_low: bool = False) -> float:
     """``value`` as a float in ``[low, high]`` (``(low, high]`` with ``open_low``): finite unless ``high`` is ``inf``.
 
-    Booleans, strings and NaN are refused.
+    Any real number counts (NumPy's too); booleans, strings and NaN are refused.
     """
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and not math.isnan(value)
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and not math.isnan(value)
     if ok:
         above = value > low if open_low else value >= low
         below = value < math.inf if high == math.inf else value <= high  # an unbounded range is still finite
