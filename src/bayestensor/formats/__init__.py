@@ -5,7 +5,7 @@ Importing this package registers the four built-in formats; it changes no global
 
 from . import cp, tt, ttm, tucker  # noqa: F401  (registration by class definition)
 from ._base import Network, RankGroup, RankSpec, Shape, TensorFormat, available_formats, get_format
-from .shapes import balanced_factors, check_mode_shape, tensorized_shape
+from .shapes import as_int, balanced_factors, check_mode_shape, tensorized_shape
 
 __all__ = [
     "Network",
@@ -13,6 +13,7 @@ __all__ = [
     "RankSpec",
     "Shape",
     "TensorFormat",
+    "as_int",
     "available_formats",
     "balanced_factors",
     "check_mode_shape",

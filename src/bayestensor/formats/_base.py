@@ -16,31 +16,19 @@ that description once, here, instead of being hand-written per format.
 from __future__ import annotations
 
 import math
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
+
+from .shapes import as_int
 
 Shape = tuple[int, ...]
 RankSpec = int | Sequence[int]
 
 _REGISTRY: dict[str, type[TensorFormat]] = {}
-
-
-def _as_rank(value: object) -> int | None:
-    """``value`` as one rank when it is integer-like (an int, a NumPy or 0-d torch integer, a SymInt), else ``None``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, torch.SymInt):
-        return int(value)
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _iterate(value: object) -> list | None:
@@ -192,12 +180,12 @@ class TensorFormat(ABC):
         """Turn an int or per-bond sequence into per-bond ranks, clipped to :meth:`full_ranks`."""
         self.check_shapes(out_shape, in_shape)
         n = self.num_bonds(out_shape, in_shape)
-        uniform = _as_rank(max_rank)
+        uniform = as_int(max_rank)
         if uniform is not None:
             ranks = [uniform] * n
         else:
             entries = None if isinstance(max_rank, str | bytes) else _iterate(max_rank)
-            ranks = None if entries is None else [_as_rank(r) for r in entries]
+            ranks = None if entries is None else [as_int(r) for r in entries]
             if ranks is None or None in ranks:
                 raise ValueError(
                     f"max_rank must be an int or a sequence of ints (one per bond), got {max_rank!r} "

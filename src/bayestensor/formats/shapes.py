@@ -92,6 +92,19 @@ def tensorized_shape(n: int, num_modes: int) -> tuple[int, ...]:
     return _greedy_cover(n, num_modes)
 
 
+def as_int(value: object) -> int | None:
+    """``value`` as an int when it is integer-like (an int, a NumPy or 0-d torch integer, a SymInt), else ``None``.
+
+    Booleans are not counts, so they give ``None`` too.
+    """
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_mode_shape(given: object, n: int, name: str, what: str) -> tuple[int, ...]:
     """``given`` as a tuple of mode sizes whose product covers ``n``; a ``ValueError`` naming both otherwise.
 
@@ -108,9 +121,10 @@ def check_mode_shape(given: object, n: int, name: str, what: str) -> tuple[int, 
         The argument's name and what ``n`` is, for the message (``"in_shape"``, ``"in_features"``).
     """
     try:
-        shape = tuple(operator.index(s) for s in given)  # type: ignore[union-attr]
-    except TypeError:
-        shape = None
+        entries = [as_int(s) for s in given]  # type: ignore[union-attr]
+    except TypeError:  # not iterable
+        entries = [None]
+    shape = None if None in entries else tuple(entries)
     if not shape or any(s < 1 for s in shape) or math.prod(shape) < n:
         got = repr(given) if shape is None else f"{shape} (product {math.prod(shape) if shape else 0})"
         raise ValueError(

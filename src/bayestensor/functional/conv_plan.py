@@ -193,14 +193,14 @@ def conv_plan_constant(
         sym = index_symbols(list(network.sizes), reserved="bp")  # b: batch, p: pixels
         sizes = {sym[k]: v for k, v in network.sizes.items()}
         terms = ["".join(sym[i] for i in idx) for idx in network.factor_indices]
-        # each super-factor planned so that its steps read their operands in place (chain_order)
-        p_steps = (
-            plan_contraction([terms[f] for f in split.p], split.p_term, sizes, chain_order=True)[0] if split.p else ()
-        )
-        q_steps = (
-            plan_contraction([terms[f] for f in split.q], split.q_term, sizes, chain_order=True)[0] if split.q else ()
-        )
-        s_steps = plan_contraction([terms[f] for f in split.s], split.s_out, sizes, chain_order=True)[0]
+
+        def planned(group: tuple[int, ...], out: str) -> Steps:
+            """A super-factor's steps, planned so that they read their operands in place (chain_order)."""
+            return plan_contraction([terms[f] for f in group], out, sizes, chain_order=True)[0]
+
+        p_steps = planned(split.p, split.p_term) if split.p else ()
+        q_steps = planned(split.q, split.q_term) if split.q else ()
+        s_steps = planned(split.s, split.s_out)
         steps = (split.p, split.s, split.q, p_steps, s_steps, q_steps, split.eq1, split.eq3)
         result = ("factorized", ConvSteps(*steps, split.sizes, split.v_modes))
     return remember(_CONV_CONSTANTS, key, result)

@@ -122,7 +122,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
-from .checks import number, positive_int
+from .checks import held_by, number, positive_int
 from .objective import bayesian_tensors, prior_loss
 from .pruning import MERGE_RESTARTS, PruneReport, prune, tensorized_layers
 from .schedules import kl_weight
@@ -479,8 +479,7 @@ class ARD:
         current = tuple(id(f) for _, t in self.tensors for f in t.factors)
         if current == self._checked_factors:
             return
-        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        if current and not held.intersection(current):
+        if current and not held_by(self.optimizer).intersection(current):
             raise ValueError(
                 f"ARD: the optimizer holds none of the model's tensorized factors ({why}); build the optimizer on "
                 "model.parameters() after the model has its final shapes, then ARD on it"

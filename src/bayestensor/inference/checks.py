@@ -1,19 +1,17 @@
-"""Argument checks shared by the inference objects: each names the argument, what it expects and what it got."""
+"""Checks shared by the inference objects: arguments (each named, with what it expects and got) and optimizers."""
 
 from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import Any
+
+from ..formats import as_int
 
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int ``>= 1``; integer-like values (NumPy, 0-d torch integers) count, booleans do not."""
-    try:
-        n = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        n = None
+    n = as_int(value)
     if n is None or n < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return n
@@ -33,3 +31,8 @@ def number(name: str, value: Any, *, low: float, high: float = math.inf, open_lo
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if high == math.inf else ']'}"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
+
+
+def held_by(optimizer: Any) -> set[int]:
+    """The ``id`` of every parameter ``optimizer`` holds, over all its parameter groups."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, get_posterior
-from .checks import number, positive_int
+from .checks import held_by, number, positive_int
 from .objective import bayesian_tensors
 from .pruning import PruneReport, ranks, tensorized_layers
 
@@ -355,7 +355,7 @@ class Ensemble(nn.Module):
         int
             How many of the particles' parameters received a state.
         """
-        own = {id(p) for group in target.param_groups for p in group["params"]}
+        own = held_by(target)
         params, _ = self.stacked()
         done = 0
         for name, p in model.named_parameters():

@@ -50,6 +50,7 @@ import math
 import torch
 from torch import Tensor
 
+from .checks import held_by
 from .ensemble import Ensemble, check_potential_args, check_temperature
 
 
@@ -168,7 +169,7 @@ class SVGD:
 
     def step(self, losses: Tensor, features: Tensor) -> dict[str, float]:
         """:meth:`gradients`, one optimizer step, and the particles' ``λ`` M-step."""
-        held = {id(q) for group in self.optimizer.param_groups for q in group["params"]}
+        held = held_by(self.optimizer)
         if not any(id(t) in held for t in self.ensemble.particles.values() if t.requires_grad):
             raise RuntimeError(
                 "SVGD's optimizer holds none of the ensemble's particles: prune_() or a load_state_dict of other "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from ..tensors import TensorizedModule
 from ..tensors.init import RANDOM_INITS, check_init, dense_init_std
@@ -18,12 +17,7 @@ from ..tensors.init import RANDOM_INITS, check_init, dense_init_std
 def factory_kwargs(module: nn.Module, kwargs: dict, init: str) -> dict:
     """``kwargs`` plus the dense module's device and dtype and, for a random ``init``, its weight std."""
     check_init(init)
-    for p in module.parameters():
-        if is_lazy(p):
-            raise ValueError(
-                f"{type(module).__name__} has uninitialized (lazy) parameters; run one forward pass to "
-                "materialize them before converting"
-            )
+    for p in module.parameters():  # (a lazy module is a subclass, which no layer type accepts)
         if p.is_meta:
             raise ValueError(
                 f"{type(module).__name__} has parameters on the meta device, with no values to start from; "
