@@ -205,27 +205,36 @@ def test_a_resumed_run_goes_on_from_both_clocks_of_its_checkpoint(tmp_path, monk
     assert report["train_seconds"] < slow
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, capsys):
+def _one_epoch_run(tmp_path: Path) -> tuple[list[str], Path]:
+    """A finished one-epoch digits smoke run under ``tmp_path / "runs"``: its CLI arguments and its folder."""
     out = tmp_path / "runs"
     args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
     assert main(args) == 0
     (run_dir,) = out.iterdir()
+    return args, run_dir
+
+
+def _resume_from(damaged: bytes, ckpt: Path, args: list[str], capsys) -> str:
+    """Write ``damaged`` as the checkpoint and resume: exit code 2, the file left as it was; returns stderr."""
+    ckpt.write_bytes(damaged)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert ckpt.read_bytes() == damaged
+    return capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_left_untouched(tmp_path, capsys):
+    args, run_dir = _one_epoch_run(tmp_path)
     ckpt = run_dir / "checkpoint.pt"
     for damaged in (ckpt.read_bytes()[: ckpt.stat().st_size // 2], b"not a checkpoint"):
-        ckpt.write_bytes(damaged)
-        capsys.readouterr()
-        assert main([*args, "--resume"]) == 2
-        err = capsys.readouterr().err
+        err = _resume_from(damaged, ckpt, args, capsys)
         assert "truncated or corrupt" in err and str(ckpt) in err
-        assert ckpt.read_bytes() == damaged
 
 
 def test_a_new_run_never_writes_into_an_earlier_runs_folder(tmp_path, capsys):
     """Run twice without --resume: the second run gets ``NAME-2``; the first keeps every file, byte for byte."""
-    out = tmp_path / "runs"
-    args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
-    assert main(args) == 0
-    (first,) = out.iterdir()
+    args, first = _one_epoch_run(tmp_path)
+    out = first.parent
     saved = {f.name: f.read_bytes() for f in first.iterdir() if f.is_file()}
     assert main([*args, "--lr", "0.05"]) == 0
     second = out / f"{first.name}-2"
@@ -241,20 +250,14 @@ def test_a_new_run_never_writes_into_an_earlier_runs_folder(tmp_path, capsys):
 
 
 def test_a_checkpoint_that_does_not_hold_this_runs_state_is_named_and_left_untouched(tmp_path, capsys):
-    out = tmp_path / "runs"
-    args = ["train", "--smoke", "--quiet", "--out", str(out), "--epochs", "1"]
-    assert main(args) == 0
-    (run_dir,) = out.iterdir()
+    args, run_dir = _one_epoch_run(tmp_path)
     ckpt = run_dir / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False)
     for key, value, shown in (("rng", "x", "TypeError"), ("epoch", "3x", "ValueError"), ("model", {}, "Missing key")):
         torch.save({**state, key: value}, ckpt)
-        damaged = ckpt.read_bytes()
-        capsys.readouterr()
-        assert main([*args, "--resume"]) == 2
-        err = capsys.readouterr().err
+        err = _resume_from(ckpt.read_bytes(), ckpt, args, capsys)
         assert f"checkpoint {str(ckpt)!r} does not hold this run's state" in err and shown in err, err
-        assert "Traceback" not in err and ckpt.read_bytes() == damaged
+        assert "Traceback" not in err
 
 
 def test_ddp_two_processes_prune_identically(tmp_path):
