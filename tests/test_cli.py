@@ -200,6 +200,8 @@ def test_bad_ard_arguments_fail_before_a_finished_run_is_touched(tmp_path, capsy
     assert "train.tolerance: expected 0 (off) or a relative loss rise > 0, got -0.1" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.target_compression=1"])
     assert "train.target_compression: expected 0 (off) or a compression > 1, got 1.0" in err
+    err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.optimizer_state=keep"])
+    assert "train.optimizer_state: expected 'reset' or 'transport', got 'keep'" in err
     err = _error(capsys, ["train", "--smoke", "--quiet", "--out", str(tmp_path), "--set", "train.lr_schedule=linear"])
     assert "train.lr_schedule: expected one of 'constant', 'cosine', got 'linear'" in err
     err = _error(capsys, ["train", "--quiet", "--out", str(tmp_path), "--max-rank", "-1"])

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..tensors.optimizer_state import OPTIMIZER_STATES
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not match the schema."""
@@ -57,6 +59,7 @@ class TrainConfig:
     tolerance: float = 0.0  # bt.ARD(tolerance=...): allowed relative rise of the training loss; 0 = off
     finetune_epochs: int = -1  # bt.ARD(finetune_epochs=...): last epochs, prior off, ranks fixed; -1 = ARD's default
     target_compression: float = 0.0  # bt.ARD(target_compression=...): the tensorized layers' compression; 0 = off
+    optimizer_state: str = "reset"  # bt.ARD(optimizer_state=...): "reset" | "transport" the regauged factors' moments
     predict_samples: int = 32
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads per process; 0 leaves the default
@@ -144,6 +147,7 @@ def check_values(cfg: RunConfig) -> None:
         ("train.lr", math.isfinite(t.lr) and t.lr > 0, "a finite number > 0"),
         ("train.predict_samples", t.predict_samples >= 1, "an integer >= 1 (posterior predictive draws)"),
         ("train.threads", t.threads >= 0, "an integer >= 0 (0 = torch's default)"),
+        ("train.optimizer_state", t.optimizer_state in OPTIMIZER_STATES, " or ".join(map(repr, OPTIMIZER_STATES))),
         ("data.limit", d.limit >= 0, "an integer >= 0 (0 = all examples)"),
         ("data.validation", d.validation >= 0, "an integer >= 0"),
         ("data.test_fraction", 0 < d.test_fraction < 1, "a fraction in (0, 1)"),

@@ -128,6 +128,7 @@ def make_ard(
             tolerance=t.tolerance if bayes and t.tolerance > 0 else None,
             finetune_epochs=(None if t.finetune_epochs == -1 else t.finetune_epochs) if bayes else 0,
             target_compression=t.target_compression if bayes and t.target_compression > 0 else None,
+            optimizer_state=t.optimizer_state,
         )
 
 
@@ -138,7 +139,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     ``β(epoch) · prior_loss(model) / N`` (:func:`bayestensor.prior_loss` also runs the
     closed-form ``λ`` M-step), with ``β`` ramped by :func:`bayestensor.kl_weight` up to
     ``train.kl_weight``. Every ``prune_every`` epochs from ``prune_start`` the model is
-    physically pruned (optimizer state truncated; the regauged factors restart their moments). A
+    physically pruned (optimizer state truncated; ``train.optimizer_state``: the regauged factors' moments
+    restart, or are rotated with them). A
     checkpoint is written atomically after every epoch; ``resume=True`` continues from it and
     reproduces an uninterrupted run on CPU.
 

@@ -122,6 +122,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor
+from ..tensors.optimizer_state import check_optimizer_state
 from .checks import held_by, number, positive_int
 from .objective import bayesian_tensors, prior_loss
 from .pruning import MERGE_RESTARTS, PruneReport, prune, tensorized_layers
@@ -250,6 +251,10 @@ class ARD:
         ``⌊(1 − TARGET_REACHED_AT) · epochs⌋`` epochs (at most what the warm-up leaves): the target
         fixes the size, so once the ranks are chosen the prior has nothing left to decide and its
         shrinkage would only cost accuracy.
+    optimizer_state
+        What each pruning pass does with the optimizer state of the factors its regauge changes
+        (:func:`~bayestensor.prune`): ``"reset"`` (default) restarts them, ``"transport"`` maps their
+        moments as their gradients map.
     """
 
     def __init__(
@@ -270,9 +275,11 @@ class ARD:
         target_compression: float | None = None,
         tolerance: float | None = None,
         finetune_epochs: float | None = None,
+        optimizer_state: str = "reset",
     ) -> None:
         self.model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer = optimizer
+        self.optimizer_state = check_optimizer_state(optimizer_state)
         self.num_data = positive_int("num_data", num_data)
         self.epochs = positive_int("epochs", epochs)
         self.prune_every = positive_int("prune_every", prune_every)
@@ -580,6 +587,7 @@ class ARD:
             tolerance=self.tolerance if by_loss else None,
             merge_restarts=MERGE_RESTARTS if last else 0,
             by_noise=warmed,
+            optimizer_state=self.optimizer_state,
         )
         self.tensors = bayesian_tensors(self.model)
         self.history.append(report)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..tensors import DEFAULT_PRUNE_THRESHOLD, FactorizedTensor, TensorizedModule
+from ..tensors.optimizer_state import check_optimizer_state
 
 #: Random ALS starts of the CP merge at ARD's last pruning pass (:func:`prune`'s ``merge_restarts``).
 MERGE_RESTARTS = 8
@@ -201,6 +202,7 @@ def prune(
     tolerance: float | None = None,
     merge_restarts: int = 0,
     by_noise: bool = True,
+    optimizer_state: str = "reset",
 ) -> PruneReport:
     """Physically truncate every Bayesian tensorized layer to its active ranks.
 
@@ -255,6 +257,10 @@ def prune(
         (:meth:`FactorizedTensor.active_masks`), and a CP merge may move ``W`` by up to the
         posterior's spread of ``W`` (:meth:`FactorizedTensor.merge_components_`). :class:`ARD` turns
         it off during its KL warm-up.
+    optimizer_state
+        The optimizer state of the factors the regauge rotates or rescales: ``"reset"`` (default) drops it,
+        so the optimizer restarts them; ``"transport"`` maps it as their gradients map
+        (:mod:`~bayestensor.tensors.optimizer_state`).
 
     Layers with ``method=None`` are left alone.
     """
@@ -266,6 +272,7 @@ def prune(
         raise ValueError(f"prune(evaluate=...) needs a tolerance >= 0 (a relative loss rise), got {tolerance!r}")
     if evaluate is None and tolerance is not None:
         raise ValueError("prune(tolerance=...) is the tolerance of evaluate=...; pass the loss function too")
+    check_optimizer_state(optimizer_state)
     report = PruneReport(threshold=float(threshold))
     found = [(n, m.weight) for n, m in tensorized_layers(model) if m.weight.method is not None and n not in skip]
     distributed = process_group is not None
@@ -274,7 +281,7 @@ def prune(
     for name, t in found:
         report.params_before += t.n_params()
         report.before[name] = list(t.ranks)
-        t.regauge_(optimizer)
+        t.regauge_(optimizer, optimizer_state)
         if not distributed:  # a refit's accept/reject could differ across processes in its last bits
             t.merge_components_(threshold, optimizer, restarts=merge_restarts, by_noise=by_noise)
     keep = {n: [m.nonzero().flatten().tolist() for m in t.active_masks(threshold, by_noise=by_noise)] for n, t in found}

@@ -38,6 +38,7 @@ from ..priors import get_prior
 from .canonical import side_triangles
 from .decompose import cp_merge, cp_spread
 from .init import RANDOM_INITS, start_frames_
+from .optimizer_state import check_optimizer_state, remap_parameter, transport_gradient_state_
 from .posteriors import POSTERIORS, Posterior, get_posterior
 from .statistics import StatisticsLayout, rank_energies, slice_sums, statistics_layout
 
@@ -540,7 +541,7 @@ class FactorizedTensor(nn.Module):
                 old = plist[f]
                 new = nn.Parameter(cut(old.detach(), f), requires_grad=old.requires_grad)
                 if optimizer is not None:
-                    _remap_optimizer(optimizer, old, new, lambda t, f=f: cut(t, f))
+                    remap_parameter(optimizer, old, new, lambda t, f=f: cut(t, f))
                 plist[f] = new
         for b, idx in enumerate(keep):
             if self.method is None:
@@ -551,13 +552,13 @@ class FactorizedTensor(nn.Module):
                 old = getattr(self, f"log_rank_variance_{b}")
                 new = nn.Parameter(old.detach().index_select(0, idx))
                 if optimizer is not None:
-                    _remap_optimizer(optimizer, old, new, lambda t, idx=idx: t.index_select(0, idx))
+                    remap_parameter(optimizer, old, new, lambda t, idx=idx: t.index_select(0, idx))
                 setattr(self, f"log_rank_variance_{b}", new)
         self.ranks = [len(k) for k in keep]
         return True
 
     @torch.no_grad()
-    def regauge_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def regauge_(self, optimizer: torch.optim.Optimizer | None = None, optimizer_state: str = "reset") -> None:
         r"""Rotate every two-member bond into its SVD basis without changing the represented weight.
 
         A bond shared by exactly two factors (TT/TTM neighbours, a Tucker factor and the core)
@@ -577,12 +578,19 @@ class FactorizedTensor(nn.Module):
         lower rank than the bond: ``R_a`` and ``R_b`` are inverted only on the directions above it (their
         inverse on rounding noise scaled the posterior's spread by up to ``1/ε``). The posterior
         follows the same linear map (:meth:`~bayestensor.tensors.posteriors.Posterior.rotate_`).
-        Optimizer state of the rotated factors is reset.
+        The optimizer state of the rotated factors is dropped (``optimizer_state="reset"``), or carried
+        over, mapped as their gradients map (``"transport"``,
+        :func:`~bayestensor.tensors.optimizer_state.transport_gradient_state_`: ``M_a = T_bᵀ``, ``M_b = T_a``).
         """
         dtype = torch.float64
-        for group in self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks):
+        check_optimizer_state(optimizer_state)
+        transport = optimizer is not None and optimizer_state == "transport"
+        groups = self.fmt.rank_groups(self.out_shape, self.in_shape, self.ranks)
+        # a bond's two sides, contracted: a gauge change elsewhere leaves them unchanged (optimizer state below)
+        sides = side_triangles([g.detach().to(dtype) for g in self.factors], groups) if transport else None
+        for group in groups:
             if len(group.members) > 2:
-                self._balance_(group.members, optimizer)
+                self._balance_(group.members, optimizer, transport)
                 continue
             (fa, aa), (fb, ab) = group.members
             ga, gb = self.factors[fa], self.factors[fb]
@@ -608,11 +616,17 @@ class FactorizedTensor(nn.Module):
             self.posterior.rotate_(fb, ab, tb, leading=True)
             ga.copy_(new_a.to(ga.dtype))
             gb.copy_(new_b.to(gb.dtype))
-            if optimizer is not None:
+            if transport:  # ∂L/∂(A T_a) = ∂L/∂A T_bᵀ, ∂L/∂(T_b B) = T_aᵀ ∂L/∂B
+                side_a, side_b = sides[group.bond]  # a side's gradient is correlated as the other side's columns
+                self._carry_optimizer_state_(optimizer, fa, aa, tb.T, gram=side_b.T @ side_b)
+                self._carry_optimizer_state_(optimizer, fb, ab, ta, gram=side_a.T @ side_a)
+            elif optimizer is not None:
                 self._reset_optimizer_state_(optimizer, (fa, fb))
         self.update_rank_variances_()
 
-    def _balance_(self, members: Sequence[tuple[int, int]], optimizer: torch.optim.Optimizer | None) -> None:
+    def _balance_(
+        self, members: Sequence[tuple[int, int]], optimizer: torch.optim.Optimizer | None, transport: bool = False
+    ) -> None:
         """Rescale the slices of a hyper-edge bond (CP) so member ``k`` carries ``c_r^{1/n} κ_k``; ``W`` is unchanged.
 
         ``κ_k`` from :meth:`~bayestensor.tensors.posteriors.Posterior.gauge_split` (``1`` for a point mass).
@@ -634,8 +648,22 @@ class FactorizedTensor(nn.Module):
             shape[axis] = -1
             self.factors[f].mul_(scale.view(shape))
             self.posterior.rescale_(f, axis, scale)
-            if optimizer is not None:
+            if transport:  # the slice's gradient scales by 1 / scale
+                self._carry_optimizer_state_(optimizer, f, axis, torch.diag(1.0 / scale))
+            elif optimizer is not None:
                 self._reset_optimizer_state_(optimizer, (f,))
+
+    def _carry_optimizer_state_(
+        self, optimizer: torch.optim.Optimizer, f: int, axis: int, mix: Tensor, gram: Tensor | None = None
+    ) -> None:
+        """Map factor ``f``'s optimizer state as its gradient maps along ``axis`` (``g' = g ×_axis mix``).
+
+        See :mod:`~bayestensor.tensors.optimizer_state`. The state of the posterior's parameters shaped like
+        the factor (an SVI spread) is dropped: the posterior's own gauge map is not linear in them.
+        """
+        transport_gradient_state_(optimizer, self.factors[f], axis, mix, gram)
+        for plist in self.posterior.factor_parameters():
+            optimizer.state.pop(plist[f], None)
 
     def _reset_optimizer_state_(self, optimizer: torch.optim.Optimizer, factors: Sequence[int]) -> None:
         """Drop the optimizer state of factors ``factors`` and of the posterior's parameters shaped like them."""
@@ -695,16 +723,18 @@ class FactorizedTensor(nn.Module):
         threshold: float = DEFAULT_PRUNE_THRESHOLD,
         optimizer: torch.optim.Optimizer | None = None,
         regauge: bool = True,
+        optimizer_state: str = "reset",
     ) -> tuple[list[int], list[int]]:
         """Remove inactive rank indices (see :meth:`active_masks`); returns ``(old_ranks, new_ranks)``.
 
         With ``regauge`` (default), bonds are first rotated into their SVD basis
         (:meth:`regauge_`), which leaves the weight unchanged, and a CP tensor's components are
-        merged (:meth:`merge_components_`, changing ``W`` by at most ``threshold`` relative).
+        merged (:meth:`merge_components_`, changing ``W`` by at most ``threshold`` relative);
+        ``optimizer_state`` as in :meth:`regauge_`.
         """
         old = list(self.ranks)
         if self.method is not None and regauge:
-            self.regauge_(optimizer)
+            self.regauge_(optimizer, optimizer_state)
             self.merge_components_(threshold, optimizer, by_noise=True)
         keep = [m.nonzero().flatten() for m in self.active_masks(threshold)]
         self.truncate_(keep, optimizer)
@@ -773,15 +803,3 @@ class FactorizedTensor(nn.Module):
             f"format={self.fmt.name!r}, out_shape={self.out_shape}, in_shape={self.in_shape}, "
             f"ranks={self.ranks}, method={self.method!r}"
         )
-
-
-def _remap_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, cut) -> None:
-    for group in optimizer.param_groups:
-        for i, p in enumerate(group["params"]):
-            if p is old:
-                group["params"][i] = new
-    state = optimizer.state.pop(old, None)
-    if state is not None:
-        optimizer.state[new] = {
-            k: cut(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()
-        }
