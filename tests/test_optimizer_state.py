@@ -1,8 +1,9 @@
 """Optimizer state follows the factors through pruning's gauge change (``optimizer_state="transport"``).
 
 The truth for the first moments is autograd: a loss of ``W`` alone (the likelihood's part) has, at the
-re-gauged factors, a gradient that the carried-over momentum must equal. Second moments are checked on a
-diagonal map, where they are exact, and against Monte Carlo for the uncorrelated-coordinates rule.
+re-gauged factors, a gradient that the carried-over momentum must equal. For second moments it is
+``diag(JᵀJ)``, the exact second moment of that gradient for a ``C`` of uncorrelated unit entries, and Monte
+Carlo for the transport function alone.
 """
 
 import pytest

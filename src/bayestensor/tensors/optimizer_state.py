@@ -29,15 +29,14 @@ Two changes of a factor keep training with the same optimizer:
   and contract each side into a matrix, ``W_(b) = S_a S_bᵀ``; ``A``'s gradient is ``G S_b`` (``G`` the
   gradient of the unfolded weight) contracted with the rest of ``A``'s side, which acts on its rows only. So
   where the entries of ``G`` are uncorrelated with one variance per row, the gradient's coordinates along
-  the bond are correlated as ``S_b``'s columns, ``ρ`` is the correlation matrix of ``S_bᵀ S_b``
+  the bond are correlated as ``S_b``'s columns: ``ρ`` is the correlation matrix of ``S_bᵀ S_b``
   (:func:`~bayestensor.tensors.canonical.side_triangles` gives ``S_b = Q T_b``, so ``S_bᵀ S_b = T_bᵀ T_b``;
-  and ``T_aᵀ T_a`` for ``B``), and the rule
-  is exact (tested: ``v = diag(JᵀJ)`` for the Jacobian ``J`` of ``W`` in a factor, before and after a
-  regauge, every format). A gauge change of another bond leaves both sides' contractions unchanged, so the
-  sides are computed once per regauge. With ``ρ = I`` the rule is ``v' = v · (M ∘ M)``, exact for a
-  diagonal ``M`` whatever ``ρ``: CP's rescaling. Step counts stay.
-  A parameter whose state holds any other tensor of its shape has its state dropped, as before this
-  transport existed (the optimizer then restarts that parameter). The prior's part of the gradient is not
+  and ``T_aᵀ T_a`` for ``B``), and the rule is exact (tested: ``v = diag(JᵀJ)`` for the Jacobian ``J`` of
+  ``W`` in a factor, before and after a regauge, every format). A gauge change of another bond leaves both
+  sides' contractions unchanged, so the sides are computed once per regauge. With ``ρ = I`` the rule is
+  ``v' = v · (M ∘ M)``, exact for a diagonal ``M`` whatever ``ρ``: CP's rescaling. Step counts stay.
+  A parameter whose state holds any other tensor of its shape has its state dropped, as ``"reset"`` does
+  (the optimizer then restarts that parameter). The prior's part of the gradient is not
   gauge invariant, so the mapped moments are those of the likelihood's gradient exactly and approximately of
   the whole objective's.
 """
