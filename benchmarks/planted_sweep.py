@@ -2,6 +2,7 @@
 
 python benchmarks/planted_sweep.py [--cases 24] [--first-seed 1000] [--methods map,svi] [--tolerance T]
                                    [--lr-schedule cosine|constant] [--formats cp,tt,...]
+                                   [--optimizer-state reset|transport]
 
 Case k uses seed first_seed + k; the format cycles over the registry with the seed. With ``--formats``
 only draws of those formats run: the seeds from first_seed on whose draw has another format are
@@ -59,6 +60,7 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=None)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--formats", default=None, help="comma-separated formats to keep (default: every format)")
+    p.add_argument("--optimizer-state", choices=("reset", "transport"), default="reset", help="bt.ARD's option")
     args = p.parse_args()
     formats = None if args.formats is None else args.formats.split(",")
     unknown = sorted(set(formats or ()) - set(available_formats()))
@@ -71,7 +73,14 @@ def main() -> None:
         teacher = teacher_ranks(case)
         for method in args.methods.split(","):
             t0 = time.perf_counter()
-            r = fit_planted(case, method, epochs=args.epochs, tolerance=args.tolerance, lr_schedule=args.lr_schedule)
+            r = fit_planted(
+                case,
+                method,
+                epochs=args.epochs,
+                tolerance=args.tolerance,
+                lr_schedule=args.lr_schedule,
+                optimizer_state=args.optimizer_state,
+            )
             results.append(r)
             exact += r["found"] == teacher
             print(

@@ -34,6 +34,7 @@ def fit_planted(
     lr: float = 1e-2,
     lr_schedule: str = "cosine",
     tolerance: float | None = None,
+    optimizer_state: str = "reset",
 ) -> dict[str, Any]:
     """Train ``case`` with ``method`` (``"map"`` / ``"svi"``); returns found ranks, the test error and ``passed``.
 
@@ -45,7 +46,8 @@ def fit_planted(
 
     With ``tolerance``, ARD runs with that loss tolerance and every pruning pass removes components for
     as long as the negative log likelihood of 512 held-out validation samples (not the test samples)
-    stays within it (``ARD.end_epoch(evaluate=...)``).
+    stays within it (``ARD.end_epoch(evaluate=...)``). ``optimizer_state`` is ARD's (``"reset"`` or
+    ``"transport"``: what its pruning passes do with the regauged factors' Adam moments).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
@@ -60,7 +62,7 @@ def fit_planted(
                              out_shape=case.out_shape, bias=False, method=method)  # fmt: skip
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if lr_schedule == "cosine" else None
-    ard = ARD(layer, opt, num_data=num_train, epochs=epochs, tolerance=tolerance)
+    ard = ARD(layer, opt, num_data=num_train, epochs=epochs, tolerance=tolerance, optimizer_state=optimizer_state)
 
     def validation_nll() -> float:
         layer.eval()
@@ -93,6 +95,7 @@ def fit_planted(
         "planted": list(case.planted),
         "max_rank": list(case.max_rank),
         "lr_schedule": lr_schedule,
+        "optimizer_state": optimizer_state,
         "found": found,
         "rel_error": rel,
         "collapsed": bool(ard.collapsed),
