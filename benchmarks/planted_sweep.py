@@ -27,6 +27,7 @@ import torch
 from bayestensor import available_formats
 from bayestensor.data import PlantedCase, draw_planted_case, planted_teacher
 from bayestensor.experiments.planted import fit_planted
+from bayestensor.tensors.optimizer_state import OPTIMIZER_STATES
 
 
 def teacher_ranks(case: PlantedCase) -> list[int]:
@@ -60,7 +61,7 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=None)
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--formats", default=None, help="comma-separated formats to keep (default: every format)")
-    p.add_argument("--optimizer-state", choices=("reset", "transport"), default="reset", help="bt.ARD's option")
+    p.add_argument("--optimizer-state", choices=OPTIMIZER_STATES, default="reset", help="bt.ARD's option")
     args = p.parse_args()
     formats = None if args.formats is None else args.formats.split(",")
     unknown = sorted(set(formats or ()) - set(available_formats()))
