@@ -9,7 +9,7 @@ from torch import nn
 
 import bayestensor as bt
 from _layers import EXAMPLES, example
-from bayestensor.inference.svgd import kernel_gradient, rbf_kernel
+from bayestensor.inference.svgd import DRIVES, kernel_gradient, rbf_kernel
 
 FORMATS = bt.available_formats()
 
@@ -45,12 +45,17 @@ def _check_moments(samples, mu, cov):
     assert (emp - cov).norm() / cov.norm() < 0.1, (emp, cov)
 
 
+@pytest.mark.parametrize("drive", DRIVES)
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_svgd_recovers_a_2d_gaussian(temperature):
-    """At temperature ``T`` the target ``p^{1/T}`` of a Gaussian is the Gaussian of covariance ``T Σ``."""
+def test_svgd_recovers_a_2d_gaussian(temperature, drive):
+    """At temperature ``T`` the target ``p^{1/T}`` of a Gaussian is the Gaussian of covariance ``T Σ``.
+
+    The features are the parameters (``J = I``), where both drives are the textbook SVGD.
+    """
     potential = _gaussian_potential(MU, COV)
     ens = bt.Ensemble([Point(torch.randn(2, dtype=torch.float64) * 0.5 - 2) for _ in range(100)])
-    svgd = bt.SVGD(ens, torch.optim.Adagrad(ens.parameters(), lr=0.2), num_data=1, temperature=temperature)
+    opt = torch.optim.Adagrad(ens.parameters(), lr=0.2)
+    svgd = bt.SVGD(ens, opt, num_data=1, temperature=temperature, drive=drive)
     for _ in range(2000):
         out = ens(None)
         svgd.step(potential(out), out)
@@ -106,6 +111,93 @@ def test_svgd_conjugate_linear_regression(seed):
     _check_regression(ens.particles["weight"].detach().squeeze(1), mean, cov)
 
 
+def _regression_in_features(seed):
+    """The conjugate regression with its prior moved into the features: ``f = [X w, w]`` (a linear pullback)."""
+    n, mean, cov, _, models = _conjugate_regression(seed)
+    g = torch.Generator().manual_seed(seed)  # the same data as _conjugate_regression
+    d, sigma, alpha = 2, 0.5, 1.0
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + sigma * torch.randn(n, generator=g, dtype=torch.float64)
+
+    def losses(ens):
+        f = torch.cat([ens(x).squeeze(-1), ens.particles["weight"].squeeze(1)], 1)  # (P, n + d)
+        out, w = f[:, :n], f[:, n:]
+        return ((y - out) ** 2).mean(1) / (2 * sigma**2) + alpha * w.square().sum(1) / (2 * n), f
+
+    return n, mean, cov, losses, models
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_function_drive_conjugate_linear_regression(seed):
+    n, mean, cov, losses, models = _regression_in_features(seed)
+    ens = bt.Ensemble(models)
+    svgd = bt.SVGD(ens, torch.optim.Adagrad(ens.parameters(), lr=0.1), num_data=n, drive="function")
+    for _ in range(2000):
+        svgd.step(*losses(ens))
+    _check_regression(ens.particles["weight"].detach().squeeze(1), mean, cov)
+
+
+def test_drives_agree_where_the_features_are_linear():
+    """``f = [X w, w]`` has the same Jacobian for every particle, so mixing ``a_j`` or ``J_j^T a_j`` is the same."""
+    n, _, _, losses, models = _regression_in_features(0)
+    torch.manual_seed(0)
+    for m in models[:6]:
+        nn.init.normal_(m.weight)
+    grads = {}
+    for drive in DRIVES:
+        ens = bt.Ensemble(models[:6])
+        bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=n, drive=drive).gradients(*losses(ens))
+        grads[drive] = ens.particles["weight"].grad
+    assert grads["parameters"].abs().max() > 0.1
+    torch.testing.assert_close(grads["function"], grads["parameters"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("layer_type", list(EXAMPLES), ids=lambda t: t.__name__)
+def test_function_drive_against_each_particles_own_jacobian(layer_type, fmt):
+    """``g_i = J_i^T [(1/P) Σ_j k_ij a_j + c_i] + (β/NP) Σ_j k_ij ∇prior_j``, by separate models (float64)."""
+    model, x, call = _map_model(layer_type, fmt)
+    n, beta, temperature, p = 50, 0.7, 0.5, 3
+    ens = bt.Ensemble.clone(model, p, jitter=0.3)
+    out = ens.map_particles(call, x)
+    losses = torch.stack([_task_loss(o) for o in out.unbind(0)])
+    svgd = bt.SVGD(
+        ens,
+        torch.optim.SGD(ens.parameters(), lr=0.1),
+        num_data=n,
+        kl_weight=beta,
+        temperature=temperature,
+        drive="function",
+    )
+    svgd.gradients(losses, out)
+    # the same from P separate models, each differentiated on its own
+    models = ens.particle_models()
+    outs = [call(m, x) for m in models]
+    kernel, two_h2 = rbf_kernel(torch.stack([o.detach() for o in outs]))
+    a = [torch.autograd.grad(_task_loss(o), o, retain_graph=True)[0] for o in outs]
+    f = torch.stack([o.detach() for o in outs]).flatten(1)
+    repulsion = -(2 / two_h2) * (kernel.sum(1, keepdim=True) * f - kernel @ f) * temperature / (n * p)
+    names = [name for name, q in models[0].named_parameters()]
+    prior_grads = [
+        torch.autograd.grad(
+            sum(t.prior_loss() for _, t in bt.inference.bayesian_tensors(m)) * beta / n,
+            list(m.parameters()),
+            allow_unused=True,
+        )
+        for m in models
+    ]
+    params, _ = ens.stacked()
+    for i, m in enumerate(models):
+        v = sum(kernel[i, j] * a[j] for j in range(p)) / p + repulsion[i].view_as(outs[i])
+        pull = torch.autograd.grad(outs[i], list(m.parameters()), grad_outputs=v, retain_graph=True, allow_unused=True)
+        for k, name in enumerate(names):
+            expected = torch.zeros_like(params[name][i]) if pull[k] is None else pull[k].clone()
+            for j in range(p):
+                if prior_grads[j][k] is not None:
+                    expected += kernel[i, j] * prior_grads[j][k] / p
+            torch.testing.assert_close(params[name].grad[i], expected, rtol=1e-9, atol=1e-12, msg=f"{name} {i}")
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sghmc_conjugate_linear_regression(seed):
     n, mean, cov, losses, models = _conjugate_regression(seed)
@@ -146,14 +238,15 @@ def _task_loss(out):
     return out.square().mean() if out.is_floating_point() else out.double().mean()
 
 
+@pytest.mark.parametrize("drive", DRIVES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("layer_type", list(EXAMPLES), ids=lambda t: t.__name__)
-def test_one_particle_svgd_is_map_gradient_descent(layer_type, fmt):
+def test_one_particle_svgd_is_map_gradient_descent(layer_type, fmt, drive):
     model, x, call = _map_model(layer_type, fmt)
     twin = copy.deepcopy(model)
     n = 50
     ens = bt.Ensemble([model])
-    svgd = bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.05), num_data=n)
+    svgd = bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.05), num_data=n, drive=drive)
     opt = torch.optim.SGD(twin.parameters(), lr=0.05)
     for _ in range(3):
         out = ens.map_particles(call, x)
@@ -333,6 +426,14 @@ def test_bad_sampler_inputs():
     out = ens(torch.randn(3, 2))
     with pytest.raises(ValueError, match=r"one mean task loss per particle, shape \(2,\), got \(3,\)"):
         svgd.step(torch.zeros(3), out)
+    with pytest.raises(ValueError, match="drive must be one of 'parameters', 'function', got 'weights'"):
+        bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, drive="weights")
+    function = bt.SVGD(ens, torch.optim.SGD(ens.parameters(), lr=0.1), num_data=10, drive="function")
+    with pytest.raises(ValueError, match=r"one mean task loss per particle, shape \(2,\), got \(3,\)"):
+        function.step(torch.zeros(3), out)
+    weight = ens.particles["weight"]  # (2, 1, 2): a loss term on the parameters, not on the features
+    with pytest.raises(ValueError, match="depend on the particles only through features"):
+        function.step(out.square().mean((1, 2)) + weight.square().sum((1, 2)), out)
     with pytest.raises(ValueError, match="no samples kept yet"):
         bt.SGHMC(ens, num_data=10, lr=0.1, burn_in=5).samples()
 

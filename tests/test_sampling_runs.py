@@ -149,6 +149,10 @@ def test_the_sampler_phase_runs_at_the_kl_weight_it_is_given(method):
     assert default.sampler.temperature == 1.0  # the posterior, unless sampler.temperature says otherwise
     cfg.sampler.temperature = 0.5
     assert SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg)).sampler.temperature == 0.5
+    if method == "svgd":
+        assert default.sampler.drive == "parameters"
+        cfg.sampler.drive = "function"
+        assert SamplerPhase(cfg, model, 100, 1, lambda: exp.build_model(cfg)).sampler.drive == "function"
 
 
 def test_svgd_from_map_clones_continues_the_map_optimizer():
@@ -194,6 +198,7 @@ def test_resume_with_another_particle_count_is_a_clear_error(tmp_path, capsys):
     [
         (["sampler.particles=0"], "sampler.particles: expected an int >= 1, got 0"),
         (["sampler.init=best"], "sampler.init: expected one of scratch, map, got 'best'"),
+        (["sampler.drive=weights"], "sampler.drive: expected one of parameters, function, got 'weights'"),
         (["sampler.friction=1.5"], "sampler.friction: expected a friction in (0, 1], got 1.5"),
         (["sampler.temperature=0"], "sampler.temperature: expected a finite T > 0 (1 = the posterior), got 0.0"),
         (["sampler.bandwidth=-1"], "sampler.bandwidth: expected an RBF bandwidth h > 0, or 0 for the median heuristic"),

@@ -78,6 +78,7 @@ class SamplerConfig:
     keep_optimizer: bool = True  # SVGD with init "map": the particles continue the MAP fit's Adam state (else fresh)
     bandwidth: float = 0.0  # SVGD RBF bandwidth h; 0 = the median heuristic
     temperature: float = 1.0  # both samplers target p(theta | D)^(1/T); 1 = the posterior, < 1 = "cold"
+    drive: str = "parameters"  # SVGD: the kernel mixes "parameters" gradients, or the outputs' ("function": 1 backward)
     friction: float = 0.1  # SGHMC friction alpha in (0, 1]
     burn_in: float = 0.5  # SGHMC: fraction of the sampler's steps before the first kept sample, in [0, 1)
     thin: int = 0  # SGHMC steps between kept samples; 0 = spread max_samples evenly over the steps after burn-in

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..inference import SGHMC, SVGD, Ensemble, ranks
+from ..inference.svgd import DRIVES
 from ..layers import TensorizedConv2d
 from .config import ConfigError, RunConfig
 from .models import SAMPLERS
@@ -60,6 +61,8 @@ def check_sampler_config(cfg: RunConfig) -> None:
         raise ConfigError(f"sampler.init: expected one of {', '.join(INITS)}, got {s.init!r}")
     if s.execution not in EXECUTIONS:
         raise ConfigError(f"sampler.execution: expected one of {', '.join(EXECUTIONS)}, got {s.execution!r}")
+    if s.drive not in DRIVES:
+        raise ConfigError(f"sampler.drive: expected one of {', '.join(DRIVES)}, got {s.drive!r}")
     if not 0 <= s.epochs < math.inf:
         raise ConfigError(
             f"sampler.epochs: expected passes over the data > 0 (0.5 = half of one), or 0 for train.epochs, "
@@ -95,10 +98,10 @@ def vectorize(execution: str, model: nn.Module) -> bool:
     """Whether the particles run in one ``vmap`` call: ``"auto"`` loops for convolutional models on CPU only.
 
     Measured with ``benchmarks/svgd_step.py`` (8 particles, 1 thread, this project's 2-core CPU), one SVGD
-    step under ``vmap`` against a loop of functional calls: the digits TTM classifier 11.1 against 30.9 ms
-    (the loop's per-call overhead dominates a small model), the Fashion-MNIST FC model 91 against 78 ms,
-    the LeNet-style CNN 1535 against 590 ms (``vmap`` makes each convolution a grouped one over strided
-    memory). Elsewhere, and on GPUs (not measured here), ``vmap``.
+    step (``drive="parameters"``) under ``vmap`` against a loop of functional calls: the digits TTM
+    classifier 12.3 against 16.8 ms (the loop's per-call overhead dominates a small model), the
+    Fashion-MNIST FC model 83 against 71 ms, the LeNet-style CNN 2448 against 681 ms (``vmap`` makes each
+    convolution a grouped one over strided memory). Elsewhere, and on GPUs (not measured here), ``vmap``.
     """
     if execution != "auto":
         return execution == "vmap"
@@ -153,6 +156,7 @@ class SamplerPhase:
                 kl_weight=self.kl_weight,
                 bandwidth=s.bandwidth if s.bandwidth > 0 else None,
                 temperature=s.temperature,
+                drive=s.drive,
             )
         else:
             steps = sampler_steps(cfg, steps_per_epoch)

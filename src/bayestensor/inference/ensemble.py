@@ -132,10 +132,11 @@ class Ensemble(nn.Module):
         The stacked parameters, ``(P, *shape)`` each, named like the model's with ``/`` for ``.``.
     vectorize
         ``True`` (default): all particles in one ``vmap(functional_call)``. ``False``: a loop of
-        ``functional_call`` over the same stacked tensors, with the same results up to rounding. On CPU
-        (``benchmarks/svgd_step.py``) ``vmap`` was 2.6x faster for a small FC net, the loop 1.2x
-        faster for a larger one and 2.6x faster for a CNN, where ``vmap`` turns each convolution into
-        a grouped one over strided memory.
+        ``functional_call`` over the same stacked tensors, with the same results up to rounding (the
+        prior and the ``λ`` M-step, which touch only the factors, stay one ``vmap`` call). On CPU
+        (``benchmarks/svgd_step.py``, SVGD steps of 8 particles) ``vmap`` was 1.4x faster for a small FC
+        net, the loop 1.2x faster for a larger one and 3.6x faster for a CNN, where ``vmap`` turns
+        each convolution into a grouped one over strided memory.
     """
 
     vectorize: bool = True
@@ -269,11 +270,12 @@ class Ensemble(nn.Module):
         buffers = {_unmangle(n): b for n, b in self.particle_buffers.named_buffers()}
         return params, buffers
 
-    def map_particles(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def map_particles(self, fn: Callable[..., Any], *args: Any, vectorize: bool | None = None) -> Any:
         """``fn(model, *args)`` for every particle in one ``vmap(functional_call)``; outputs get a leading ``P`` axis.
 
         ``args`` are shared by all particles. ``fn`` must be a pure function of the model's
         parameters and buffers (it runs under :func:`torch.func.vmap`, randomness ``"different"``).
+        ``vectorize`` overrides :attr:`vectorize` for this call (``None``: the attribute).
         """
         params, buffers = self.stacked()
         wrapper = _Call(self.base, fn)
@@ -282,7 +284,7 @@ class Ensemble(nn.Module):
             state = {f"model.{k}": v for k, v in p.items()} | {f"model.{k}": v for k, v in b.items()}
             return functional_call(wrapper, state, a, strict=False)
 
-        if not self.vectorize:
+        if not (self.vectorize if vectorize is None else vectorize):
             # unbind: one backward op that stacks the particles' gradients, not P scatters into full-size zeros
             p_rows = {k: v.unbind(0) for k, v in params.items()}
             b_rows = {k: v.unbind(0) for k, v in buffers.items()}
@@ -299,10 +301,15 @@ class Ensemble(nn.Module):
         return self.map_particles(lambda m, *a: m(*a, **kwargs), *args)
 
     def prior_losses(self) -> Tensor:
-        """``(P,)``: each particle's ``−log p(W, λ)`` at its stored ``λ`` (``prior_loss`` without the M-step)."""
+        """``(P,)``: each particle's ``−log p(W, λ)`` at its stored ``λ`` (``prior_loss`` without the M-step).
+
+        Always one ``vmap`` call, whatever :attr:`vectorize` says: the prior touches only the factors
+        (no convolution), and a loop of ``P`` small-op walks costs several times more (FC model of
+        ``benchmarks/svgd_step.py``: 11 against 4 ms).
+        """
         if not bayesian_tensors(self.base):
             return next(iter(self.particles.values())).new_zeros(self.num_particles)
-        return self.map_particles(_prior_of)
+        return self.map_particles(_prior_of, vectorize=True)
 
     def potentials(self, losses: Tensor, *, num_data: int, kl_weight: float) -> Tensor:
         """``U_i = losses_i + β · prior_i / N``, ``(P,)``: ``−log p(θ_i | D) / N`` up to a constant at ``β = 1``.
@@ -320,10 +327,10 @@ class Ensemble(nn.Module):
 
     @torch.no_grad()
     def update_rank_variances_(self) -> None:
-        """The closed-form ``λ`` M-step of every particle, in one vectorised call."""
+        """The closed-form ``λ`` M-step of every particle, in one ``vmap`` call (whatever :attr:`vectorize` says)."""
         if not any(t.rank_update == "em" for _, t in bayesian_tensors(self.base)):
             return
-        for name, lam in self.map_particles(_rank_variance_targets).items():
+        for name, lam in self.map_particles(_rank_variance_targets, vectorize=True).items():
             getattr(self.particle_buffers, _mangle(name)).copy_(lam)
 
     @torch.no_grad()

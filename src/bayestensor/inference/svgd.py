@@ -39,6 +39,9 @@ one extra backward pass; for features that are the parameters themselves (``f(θ
 exactly the textbook term, ``Σ_j ∇_{θ_j} k(θ_j, θ_i) = −∇_{θ_i} Σ_j k(θ_i, θ_j)``. One particle
 has ``k = 1`` and no repulsion: SVGD is then gradient descent on ``U``, i.e. MAP.
 
+With ``drive="function"`` (:class:`SVGD`) the driving term mixes the loss's gradient on the features
+instead of the parameter gradients and shares the repulsion's backward pass: one pass instead of two.
+
 The rank variances ``λ`` stay per particle and get their closed-form M-step after each step;
 :meth:`~.ensemble.Ensemble.prune_` prunes what is inactive in all particles.
 """
@@ -46,6 +49,7 @@ The rank variances ``λ`` stay per particle and get their closed-form M-step aft
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -91,8 +95,42 @@ def kernel_gradient(features: Tensor, kernel: Tensor, two_h2: float) -> Tensor:
     return grad.reshape(features.shape).to(features.dtype)
 
 
+#: What the kernel mixes across particles (:class:`SVGD`'s ``drive``).
+DRIVES = ("parameters", "function")
+
+
+def check_drive(drive: str) -> str:
+    """One of :data:`DRIVES`, or a ``ValueError`` that names both."""
+    if drive not in DRIVES:
+        raise ValueError(f"drive must be one of {', '.join(repr(d) for d in DRIVES)}, got {drive!r}")
+    return drive
+
+
+def _reaches_a_leaf_around(losses: Tensor, features: Tensor) -> bool:
+    """Whether ``losses`` depend on a leaf (a parameter) along a path that does not pass through ``features``.
+
+    A walk of the autograd graph from ``losses`` that stops at ``features``' node: only the few
+    operations between the features and the losses (a cross-entropy) are visited when the losses
+    are a function of the features alone.
+    """
+    stop = features.grad_fn
+    seen: set[int] = set()
+    todo = [losses.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node is stop or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if hasattr(node, "variable"):  # AccumulateGrad: a leaf that requires grad (the features, if a leaf)
+            if node.variable is features:
+                continue
+            return True
+        todo.extend(n for n, _ in node.next_functions)
+    return False
+
+
 class SVGD:
-    """SVGD steps for an :class:`~.ensemble.Ensemble` with any torch optimizer over its particles.
+    r"""SVGD steps for an :class:`~.ensemble.Ensemble` with any torch optimizer over its particles.
 
     Parameters
     ----------
@@ -110,6 +148,30 @@ class SVGD:
         Fixed RBF bandwidth ``h > 0``; ``None`` (default): the median heuristic at every step.
     temperature
         ``T > 0``: the particles target ``p(θ | D)^{1/T}`` (``1`` = the posterior; module docstring).
+    drive
+        What the kernel mixes in the driving term ``(1/P) Σ_j k_ij ∇U(θ_j)``:
+
+        * ``"parameters"`` (default): the particles' parameter gradients ``∇U(θ_j)``, the textbook
+          form. It needs two backward passes through the network: the potential's gradients, and
+          the repulsion through each particle's own Jacobian.
+        * ``"function"``: the task loss's gradient with respect to the **features**,
+          ``a_j = ∂ loss_j / ∂ f_j``, mixed in feature space and pulled back through particle
+          ``i``'s own Jacobian ``J_i = ∂f_i / ∂θ_i`` together with the repulsion (function-space
+          SVGD, Wang et al. 2019):
+
+          .. math::
+
+              g_i = J_i^⊤ \Big[ \frac1P \sum_j k_{ij}\, a_j + c_i \Big]
+                    + \frac{β}{N P} \sum_j k_{ij}\, ∇ \mathrm{prior}(θ_j),
+
+          with ``c_i`` the repulsion's cotangent. One backward pass through the network (the
+          prior's gradients touch the factors only). The driving term is then also blind to the
+          gauge: particle ``j``'s parameter gradient lives in ``j``'s gauge of the cores and means
+          nothing in particle ``i``'s, while ``a_j`` is a gradient in feature space, which every
+          particle shares. Where the features are linear in ``θ`` (``f = Xθ``, ``J_i = X`` for all
+          ``i``) the two drives are equal. The losses must depend on the particles only through
+          ``features`` (a ``ValueError`` says so otherwise): put any prior of your own into the
+          features, or into the model's Bayesian tensors, whose prior this object adds.
 
     Examples
     --------
@@ -129,12 +191,14 @@ class SVGD:
         kl_weight: float = 1.0,
         bandwidth: float | None = None,
         temperature: float = 1.0,
+        drive: str = "parameters",
     ) -> None:
         self.num_data, self.kl_weight = check_potential_args(num_data, kl_weight)
         self.ensemble = ensemble
         self.optimizer = optimizer
         self.bandwidth = check_bandwidth(bandwidth)
         self.temperature = check_temperature(temperature)
+        self.drive = check_drive(drive)
 
     def potential(self, losses: Tensor) -> Tensor:
         """``U_i`` of every particle, ``(P,)`` (:meth:`~.ensemble.Ensemble.potentials` at this ``N`` and ``β``)."""
@@ -156,15 +220,37 @@ class SVGD:
                 "a tensor that does not require grad: were they detached or computed under torch.no_grad()?"
             )
         params = [t for t in ens.particles.values() if t.requires_grad]
-        u = self.potential(losses)
-        grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
         kernel, two_h2 = rbf_kernel(features, self.bandwidth)
         cotangent = kernel_gradient(features, kernel, two_h2) * (self.temperature / (self.num_data * p))
-        repulsion = torch.autograd.grad(features, params, grad_outputs=cotangent, allow_unused=True)
+        if self.drive == "parameters":
+            u = self.potential(losses)
+            grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
+            pullback = torch.autograd.grad(features, params, grad_outputs=cotangent, allow_unused=True)
+        else:
+            if losses.shape != (p,):
+                raise ValueError(
+                    f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
+                )
+            if _reaches_a_leaf_around(losses, features):
+                raise ValueError(
+                    "drive='function' needs losses that depend on the particles only through features (the losses' "
+                    "gradient is mixed in feature space); these losses also reach a parameter another way. Put that "
+                    "term into the features, or use drive='parameters'"
+                )
+            (task,) = torch.autograd.grad(losses.sum(), features, retain_graph=True)  # a_j = ∂loss_j/∂f_j
+            mixed = torch.tensordot(kernel.to(task.dtype), task, dims=1) / p  # (1/P) Σ_j k_ij a_j
+            pullback = torch.autograd.grad(features, params, grad_outputs=mixed + cotangent, allow_unused=True)
+            grads: Sequence[Tensor | None] = [None] * len(params)
+            u = losses.detach()
+            if self.kl_weight > 0:
+                prior = ens.prior_losses() * (self.kl_weight / self.num_data)  # (P,); zeros without Bayesian tensors
+                if prior.requires_grad:
+                    grads = torch.autograd.grad(prior.sum(), params, allow_unused=True)
+                u = u + prior.detach().to(u.dtype)
         with torch.no_grad():
-            for t, g, r in zip(params, grads, repulsion, strict=True):
-                drive = torch.zeros_like(t) if g is None else torch.tensordot(kernel.to(g.dtype), g, dims=1) / p
-                t.grad = drive if r is None else drive + r
+            for t, g, r in zip(params, grads, pullback, strict=True):
+                smoothed = torch.zeros_like(t) if g is None else torch.tensordot(kernel.to(g.dtype), g, dims=1) / p
+                t.grad = smoothed if r is None else smoothed + r
         return {"potential": float(u.detach().mean()), "bandwidth": math.sqrt(two_h2 / 2)}
 
     def step(self, losses: Tensor, features: Tensor) -> dict[str, float]:
