@@ -227,10 +227,7 @@ class SVGD:
             grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
             pullback = torch.autograd.grad(features, params, grad_outputs=cotangent, allow_unused=True)
         else:
-            if losses.shape != (p,):
-                raise ValueError(
-                    f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
-                )
+            ens.check_losses(losses)
             if _reaches_a_leaf_around(losses, features):
                 raise ValueError(
                     "drive='function' needs losses that depend on the particles only through features (the losses' "
