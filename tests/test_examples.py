@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import bayestensor as bt
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMOKE = {"quickstart.py": ["--smoke"], "warm_start_digits.py": ["--smoke"]}
 
@@ -67,7 +69,9 @@ def test_svgd_step_benchmark_smoke():
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "SVGD x2 / MAP = " in result.stdout and "vectorised / loop = " in result.stdout
+    assert "fastest SVGD x2 step: " in result.stdout and "a loop of 2 MAP steps (target < 1)" in result.stdout
+    for drive in bt.inference.svgd.DRIVES:  # every drive is timed, with vmap and looped
+        assert f"SVGD x2, vmap, drive={drive}" in result.stdout and f"SVGD x2, loop, drive={drive}" in result.stdout
 
 
 def test_rescore_sampler_run_reproduces_the_report(tmp_path):
