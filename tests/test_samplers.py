@@ -77,8 +77,12 @@ def test_sghmc_recovers_a_2d_gaussian(temperature):
     _check_moments(samples.particles["theta"].detach(), MU, temperature * COV)
 
 
-def _conjugate_regression(seed):
-    """Fixed features, Gaussian prior N(0, 1/alpha), noise sigma: the exact posterior mean and covariance."""
+def _conjugate_regression(seed, prior_in_features=False):
+    """Fixed features, Gaussian prior N(0, 1/alpha), noise sigma: the exact posterior mean and covariance.
+
+    The kernel features are the outputs on the data, a linear pullback of ``w``; with
+    ``prior_in_features`` they are ``[X w, w]``, so that the losses reach ``w`` only through them.
+    """
     g = torch.Generator().manual_seed(seed)
     n, d, sigma, alpha = 40, 2, 0.5, 1.0
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -89,7 +93,11 @@ def _conjugate_regression(seed):
     def losses(ens):  # mean loss per datum: (Σ (y − x w)² / 2σ² + α ‖w‖² / 2) / n
         out = ens(x).squeeze(-1)  # (P, n)
         w = ens.particles["weight"].squeeze(1)  # (P, d)
-        return ((y - out) ** 2).mean(1) / (2 * sigma**2) + alpha * w.square().sum(1) / (2 * n), out
+        features = out
+        if prior_in_features:
+            features = torch.cat([out, w], 1)  # (P, n + d)
+            out, w = features[:, :n], features[:, n:]
+        return ((y - out) ** 2).mean(1) / (2 * sigma**2) + alpha * w.square().sum(1) / (2 * n), features
 
     models = [nn.Linear(d, 1, bias=False).double() for _ in range(200)]
     return n, mean, cov, losses, models
@@ -111,25 +119,9 @@ def test_svgd_conjugate_linear_regression(seed):
     _check_regression(ens.particles["weight"].detach().squeeze(1), mean, cov)
 
 
-def _regression_in_features(seed):
-    """The conjugate regression with its prior moved into the features: ``f = [X w, w]`` (a linear pullback)."""
-    n, mean, cov, _, models = _conjugate_regression(seed)
-    g = torch.Generator().manual_seed(seed)  # the same data as _conjugate_regression
-    d, sigma, alpha = 2, 0.5, 1.0
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(d, generator=g, dtype=torch.float64) + sigma * torch.randn(n, generator=g, dtype=torch.float64)
-
-    def losses(ens):
-        f = torch.cat([ens(x).squeeze(-1), ens.particles["weight"].squeeze(1)], 1)  # (P, n + d)
-        out, w = f[:, :n], f[:, n:]
-        return ((y - out) ** 2).mean(1) / (2 * sigma**2) + alpha * w.square().sum(1) / (2 * n), f
-
-    return n, mean, cov, losses, models
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_function_drive_conjugate_linear_regression(seed):
-    n, mean, cov, losses, models = _regression_in_features(seed)
+    n, mean, cov, losses, models = _conjugate_regression(seed, prior_in_features=True)
     ens = bt.Ensemble(models)
     svgd = bt.SVGD(ens, torch.optim.Adagrad(ens.parameters(), lr=0.1), num_data=n, drive="function")
     for _ in range(2000):
@@ -139,7 +131,7 @@ def test_function_drive_conjugate_linear_regression(seed):
 
 def test_drives_agree_where_the_features_are_linear():
     """``f = [X w, w]`` has the same Jacobian for every particle, so mixing ``a_j`` or ``J_j^T a_j`` is the same."""
-    n, _, _, losses, models = _regression_in_features(0)
+    n, _, _, losses, models = _conjugate_regression(0, prior_in_features=True)
     torch.manual_seed(0)
     for m in models[:6]:
         nn.init.normal_(m.weight)
@@ -177,7 +169,7 @@ def test_function_drive_against_each_particles_own_jacobian(layer_type, fmt):
     a = [torch.autograd.grad(_task_loss(o), o, retain_graph=True)[0] for o in outs]
     f = torch.stack([o.detach() for o in outs]).flatten(1)
     repulsion = -(2 / two_h2) * (kernel.sum(1, keepdim=True) * f - kernel @ f) * temperature / (n * p)
-    names = [name for name, q in models[0].named_parameters()]
+    names = [name for name, _ in models[0].named_parameters()]
     prior_grads = [
         torch.autograd.grad(
             sum(t.prior_loss() for _, t in bt.inference.bayesian_tensors(m)) * beta / n,
