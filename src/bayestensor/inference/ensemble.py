@@ -311,20 +311,16 @@ class Ensemble(nn.Module):
             return next(iter(self.particles.values())).new_zeros(self.num_particles)
         return self.map_particles(_prior_of, vectorize=True)
 
-    def check_losses(self, losses: Tensor) -> None:
-        """A ``ValueError`` unless ``losses`` holds one mean task loss per particle, shape ``(P,)``."""
-        p = self.num_particles
-        if losses.shape != (p,):
-            raise ValueError(
-                f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
-            )
-
     def potentials(self, losses: Tensor, *, num_data: int, kl_weight: float) -> Tensor:
         """``U_i = losses_i + β · prior_i / N``, ``(P,)``: ``−log p(θ_i | D) / N`` up to a constant at ``β = 1``.
 
         ``losses`` holds each particle's mean task loss on the batch; the samplers move along ``−∇U``.
         """
-        self.check_losses(losses)
+        p = self.num_particles
+        if losses.shape != (p,):
+            raise ValueError(
+                f"losses must hold one mean task loss per particle, shape ({p},), got {tuple(losses.shape)}"
+            )
         if kl_weight == 0:
             return losses
         return losses + kl_weight * self.prior_losses().to(losses.dtype) / num_data

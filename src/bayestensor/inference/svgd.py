@@ -49,7 +49,6 @@ The rank variances ``λ`` stay per particle and get their closed-form M-step aft
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -227,7 +226,7 @@ class SVGD:
             grads = torch.autograd.grad(u.sum(), params, retain_graph=True, allow_unused=True)
             pullback = torch.autograd.grad(features, params, grad_outputs=cotangent, allow_unused=True)
         else:
-            ens.check_losses(losses)
+            u = self.potential(losses.detach())  # checks the shape; only the prior's part keeps its graph
             if _reaches_a_leaf_around(losses, features):
                 raise ValueError(
                     "drive='function' needs losses that depend on the particles only through features (the losses' "
@@ -237,13 +236,8 @@ class SVGD:
             (task,) = torch.autograd.grad(losses.sum(), features, retain_graph=True)  # a_j = ∂loss_j/∂f_j
             mixed = torch.tensordot(kernel.to(task.dtype), task, dims=1) / p  # (1/P) Σ_j k_ij a_j
             pullback = torch.autograd.grad(features, params, grad_outputs=mixed + cotangent, allow_unused=True)
-            grads: Sequence[Tensor | None] = [None] * len(params)
-            u = losses.detach()
-            if self.kl_weight > 0:
-                prior = ens.prior_losses() * (self.kl_weight / self.num_data)  # (P,); zeros without Bayesian tensors
-                if prior.requires_grad:
-                    grads = torch.autograd.grad(prior.sum(), params, allow_unused=True)
-                u = u + prior.detach().to(u.dtype)
+            # the prior's gradients (β/N) ∇prior(θ_j); none without Bayesian tensors or at β = 0
+            grads = torch.autograd.grad(u.sum(), params, allow_unused=True) if u.requires_grad else [None] * len(params)
         with torch.no_grad():
             for t, g, r in zip(params, grads, pullback, strict=True):
                 smoothed = torch.zeros_like(t) if g is None else torch.tensordot(kernel.to(g.dtype), g, dims=1) / p
